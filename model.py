@@ -1,0 +1,288 @@
+"""
+A LLaMA-style decoder-only Transformer in one file, read top to bottom: RMSNorm, rotary embeddings,
+attention, MLP, Block, the config dataclass, then the GPT itself.
+
+How it differs from GPT-2 (and from nanoGPT's model.py), following the models MEAP pre-trains
+(Zhuang et al. 2025, §4.1: LLaMA architecture, 0.1B-1.1B parameters):
+- RMSNorm instead of LayerNorm, and no bias in any layer.
+- Rotary position embeddings (RoPE) on queries and keys instead of a learned position table.
+- A SwiGLU MLP (hidden width ~8/3 of the model width) instead of a GELU MLP of 4x.
+- Separate (untied) input embedding and output head.
+- Optional grouped-query attention: n_kv_head key/value heads shared by n_head query heads.
+- Two attention paths: the fast one (PyTorch's scaled_dot_product_attention) and an explicit
+  softmax that returns every layer's and head's attention weights, for the paper's attention
+  analysis (§5); both give the same logits.
+- A KV cache for generate().
+MEAP itself needs nothing in here: [MASK] is an ordinary vocabulary id with its own learned
+embedding, attention stays causal, and the loss stays next-token cross-entropy.
+"""
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+class RMSNorm(nn.Module):
+    """Scale each vector to unit root-mean-square, then by a learned gain (no mean, no bias)."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # compute in fp32 for stability under bf16 autocast, return in the input's dtype
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).type_as(x)
+
+
+def rope_cache(seq_len, head_dim, theta=10000.0):
+    """cos and sin tables of shape (seq_len, head_dim // 2) for rotary embeddings."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    angles = torch.outer(torch.arange(seq_len).float(), inv_freq)  # (seq_len, head_dim/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate channel pairs (i, i + head_dim/2) of x (B, n_head, T, head_dim) by position angles."""
+    d = x.size(-1) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # (T, head_dim/2), broadcast over B and heads
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, so that generate() feeds only
+    the new token each step. Holds at most max_len positions (the model's block_size)."""
+
+    def __init__(self, n_layer, batch_size, n_kv_head, max_len, head_dim, device, dtype):
+        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0  # number of positions already cached; advanced by GPT.forward
+
+    def update(self, layer, k, v):
+        """Store k, v (B, n_kv_head, T, head_dim) at the current position; return all cached."""
+        T = k.size(2)
+        self.k[layer, :, :, self.pos:self.pos + T] = k
+        self.v[layer, :, :, self.pos:self.pos + T] = v
+        return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config, layer):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
+        assert config.n_head % config.n_kv_head == 0, "n_head must be divisible by n_kv_head"
+        self.layer = layer  # index into the KV cache
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
+        self.head_dim = config.n_embd // config.n_head
+        self.q_proj = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=False)
+        self.kv_proj = nn.Linear(config.n_embd, 2 * self.n_kv_head * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x, cos, sin, kv_cache=None, return_attn=False):
+        B, T, C = x.size()
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k, v = self.kv_proj(x).split(self.n_kv_head * self.head_dim, dim=2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer, k, v)  # (B, nkv, Tk, hd), Tk = cached + T
+        if self.n_kv_head != self.n_head:  # grouped-query attention: share each kv head
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, nh, Tk, hd)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        Tk = k.size(2)
+        # query i sits at absolute position Tk - T + i and may see keys 0 .. Tk - T + i
+        mask = None if Tk == T else torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)
+        att = None
+        if return_attn:  # explicit path: the attention weights themselves, for analysis
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, nh, T, Tk)
+            if mask is None:
+                mask = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril()
+            att = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+            y = att @ v  # (B, nh, T, hd)
+        else:  # fast path: fused kernels (flash attention on GPU)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
+        return self.o_proj(y), att
+
+
+class MLP(nn.Module):
+    """SwiGLU: silu(x W_gate) * (x W_up), then W_down."""
+
+    def __init__(self, config):
+        super().__init__()
+        hidden = 64 * math.ceil(8 * config.n_embd / 3 / 64)  # ~8/3 width, a multiple of 64
+        self.gate_proj = nn.Linear(config.n_embd, hidden, bias=False)
+        self.up_proj = nn.Linear(config.n_embd, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, config.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config, layer):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config, layer)
+        self.mlp_norm = RMSNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, kv_cache=None, return_attn=False):
+        a, att = self.attn(self.attn_norm(x), cos, sin, kv_cache, return_attn)
+        x = x + a
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, att
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 256  # longest sequence (RoPE tables and KV cache are this long)
+    vocab_size: int = 192  # including [MASK]; a multiple of 64 keeps the matmuls fast
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 4  # = n_head: plain multi-head attention; fewer: grouped-query attention
+    n_embd: int = 128
+    rope_theta: float = 10000.0
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        self.norm = RMSNorm(config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        cos, sin = rope_cache(config.block_size, config.n_embd // config.n_head, config.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: shrink the projections that write into the residual stream
+        for name, p in self.named_parameters():
+            if name.endswith("o_proj.weight") or name.endswith("down_proj.weight"):
+                p.data /= math.sqrt(2 * config.n_layer)
+
+    def _init_weights(self, module):
+        # Width-aware: std 1/sqrt(3 * fan_in) for every matrix, which is GPT-2's 0.02 at width 768
+        # but larger for narrow models, where a fixed 0.02 keeps the attention logits near zero
+        # and slows the forming of induction heads a lot. Unit-scale embeddings keep each token's
+        # identity dominant in the residual stream (RMSNorm removes their scale before each layer).
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=(3 * module.in_features) ** -0.5)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=1.0)
+
+    def num_params(self, non_embedding=True):
+        """Parameter count; the input embedding is a table lookup, so leave it out by default."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.tok_emb.weight.numel() if non_embedding else n
+
+    def forward(self, idx, targets=None, kv_cache=None, return_attn=False):
+        """idx (B, T) token ids -> logits (B, T, vocab_size) and, given targets (B, T), the mean
+        next-token cross-entropy over targets != -1. return_attn=True takes the explicit path
+        and also returns the attention weights, a tensor (n_layer, B, n_head, T, T)."""
+        B, T = idx.size()
+        start = kv_cache.pos if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, hd/2)
+        x = self.tok_emb(idx)  # (B, T, n_embd)
+        atts = []
+        for block in self.blocks:
+            x, att = block(x, cos, sin, kv_cache, return_attn)
+            atts.append(att)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        logits = self.lm_head(self.norm(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=-1)
+        if return_attn:
+            return logits, loss, torch.stack(atts)
+        return logits, loss
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        # decay the matrices (linear weights, embeddings); not the norm gains
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token (forward + backward), as in the PaLM paper, appendix B:
+        6 per weight for the matmuls, plus 12 * n_layer * n_embd * seq_len for attention."""
+        cfg = self.config
+        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * seq_len
+
+    def estimate_mfu(self, tokens_per_sec, seq_len, device):
+        """Model FLOPs utilisation against the dense bf16 peak of the GPU in use; None when that
+        peak is unknown (CPU, MPS, an unlisted GPU), rather than a number that misleads."""
+        peak = gpu_peak_flops(device)
+        return None if peak is None else self.flops_per_token(seq_len) * tokens_per_sec / peak
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, vocab_limit=None):
+        """Extend idx (B, T) by max_new_tokens tokens, feeding one new token per step through a
+        KV cache. temperature 0 is greedy; top_k keeps the k likeliest tokens; only ids below
+        vocab_limit can be drawn (use it to keep [MASK] and the vocabulary padding out)."""
+        cfg = self.config
+        cache = None
+        for _ in range(max_new_tokens):
+            if cache is None or cache.pos >= cfg.block_size:
+                # (re)start the cache on the last block_size - 1 tokens: RoPE positions begin at 0
+                ctx = idx[:, -(cfg.block_size - 1):]
+                p = next(self.parameters())
+                cache = KVCache(cfg.n_layer, idx.size(0), cfg.n_kv_head, cfg.block_size,
+                                cfg.n_embd // cfg.n_head, p.device, p.dtype)
+            else:
+                ctx = idx[:, -1:]
+            logits, _ = self(ctx, kv_cache=cache)
+            logits = logits[:, -1, :].float()  # (B, vocab_size)
+            if vocab_limit is not None:
+                logits[:, vocab_limit:] = float("-inf")
+            if temperature == 0:
+                idx_next = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = float("-inf")
+                idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
+
+
+# Dense (no sparsity) bf16/fp16 tensor-core peak, FLOP/s, from the vendors' data sheets. The first
+# name contained in torch.cuda.get_device_name() wins, so specific names come before general ones.
+GPU_PEAK_FLOPS = [
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
+    ("H800", 989e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12),
+    ("L40S", 362e12), ("L4", 121e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12),
+    ("V100", 125e12), ("T4", 65e12),
+]
+
+
+def gpu_peak_flops(device):
+    """Peak FLOP/s of the CUDA device, or None (not CUDA, or not in the table above)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in GPU_PEAK_FLOPS if key in name), None)

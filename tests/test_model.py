@@ -1,0 +1,114 @@
+import pytest
+import torch
+
+from model import GPT, GPTConfig, KVCache, gpu_peak_flops
+
+
+def tiny(n_kv_head=4, block_size=32, seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(block_size=block_size, vocab_size=64, n_layer=2, n_head=4,
+                         n_kv_head=n_kv_head, n_embd=32)).eval()
+
+
+@pytest.mark.parametrize("return_attn", [False, True])
+def test_causal_changing_token_t_leaves_earlier_logits_unchanged(return_attn):
+    model = tiny()
+    idx = torch.randint(0, 64, (2, 20))
+    t = 11
+    changed = idx.clone()
+    changed[:, t] = (idx[:, t] + 1) % 64
+    with torch.no_grad():
+        a = model(idx, return_attn=return_attn)[0]
+        b = model(changed, return_attn=return_attn)[0]
+    assert torch.equal(a[:, :t], b[:, :t])
+    assert not torch.allclose(a[:, t:], b[:, t:])  # ...and the change is seen from t on
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2, 1])
+def test_fast_and_explicit_attention_paths_give_the_same_logits(n_kv_head):
+    model = tiny(n_kv_head)
+    idx = torch.randint(0, 64, (3, 32))
+    targets = torch.randint(0, 64, (3, 32))
+    with torch.no_grad():
+        fast, fast_loss = model(idx, targets)
+        slow, slow_loss, att = model(idx, targets, return_attn=True)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_loss, slow_loss)
+    assert att.shape == (2, 3, 4, 32, 32)  # (n_layer, B, n_head, T, T)
+    torch.testing.assert_close(att.sum(-1), torch.ones(2, 3, 4, 32))
+    assert att.triu(1).abs().max() == 0  # no weight on future positions
+
+
+def test_loss_is_next_token_cross_entropy_ignoring_minus_one():
+    model = tiny()
+    idx = torch.randint(0, 64, (2, 8))
+    targets = torch.randint(0, 64, (2, 8))
+    targets[0, :4] = -1
+    with torch.no_grad():
+        logits, loss = model(idx, targets)
+    keep = targets != -1
+    expected = torch.nn.functional.cross_entropy(logits[keep], targets[keep])
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("return_attn", [False, True])
+def test_kv_cache_matches_the_full_forward(return_attn):
+    model = tiny(n_kv_head=2)
+    idx = torch.randint(0, 64, (2, 24))
+    with torch.no_grad():
+        full = model(idx)[0]
+        cache = KVCache(2, 2, 2, 32, 8, "cpu", torch.float32)
+        parts = [model(idx[:, :10], kv_cache=cache, return_attn=return_attn)[0],   # prefill
+                 model(idx[:, 10:17], kv_cache=cache, return_attn=return_attn)[0]]  # a chunk
+        parts += [model(idx[:, t:t + 1], kv_cache=cache, return_attn=return_attn)[0] for t in range(17, 24)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache.pos == 24
+
+
+def test_greedy_generate_with_cache_equals_recomputing_everything():
+    model = tiny(block_size=16)
+    idx = torch.randint(0, 64, (2, 5))
+    out = model.generate(idx, 11, temperature=0)  # fills the block exactly
+    ref = idx
+    with torch.no_grad():
+        for _ in range(11):
+            ref = torch.cat([ref, model(ref)[0][:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(out, ref)
+    # past block_size the cache restarts on the most recent tokens
+    assert model.generate(idx, 40, temperature=0).shape == (2, 45)
+
+
+def test_generate_never_draws_at_or_above_vocab_limit():
+    model = tiny()
+    with torch.no_grad():
+        model.lm_head.weight[40:] += 5.0  # make the forbidden ids the likeliest
+    out = model.generate(torch.zeros(4, 1, dtype=torch.long), 30, temperature=1.0, top_k=10, vocab_limit=40)
+    assert out[:, 1:].max() < 40
+
+
+def test_too_long_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="block_size"):
+        tiny(block_size=8)(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_optimizer_decays_matrices_only_and_covers_every_parameter():
+    model = tiny()
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_mfu_knows_the_gpu_and_says_nothing_on_cpu(monkeypatch):
+    model = tiny()
+    assert gpu_peak_flops("cpu") is None and model.estimate_mfu(1e6, 32, "cpu") is None
+    names = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H200": 989e12,
+             "NVIDIA A100-SXM4-40GB": 312e12, "NVIDIA L4": 121e12, "Some Future GPU": None}
+    for name, peak in names.items():
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, n=name: n)
+        assert gpu_peak_flops("cuda:0") == peak
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    tokens_per_sec = 1e5
+    expected = model.flops_per_token(32) * tokens_per_sec / 312e12
+    assert model.estimate_mfu(tokens_per_sec, 32, "cuda:0") == pytest.approx(expected)

@@ -1,0 +1,80 @@
+"""
+MEAP input corruption (Zhuang et al. 2025, §3.1), as small pure functions on token tensors.
+
+Pre-training with MEAP changes one thing: before the forward pass, a random floor(T * ratio) of
+the T *input* positions are replaced by a [MASK] token id. The targets stay the clean next tokens
+and the loss stays ordinary next-token cross-entropy at every position, so the model must predict
+the next token, including the ones hidden in its own input, from a context with holes in it. No
+bidirectional attention, no extra loss term, no extra compute. Evaluation uses clean inputs.
+
+As in the official code, the last input position is never masked, and the count is exact: every
+sequence gets exactly floor(T * ratio) masked positions, drawn without replacement.
+
+Two ways to draw the positions:
+- "per_sequence" (default): each sequence in the batch gets its own positions. The most varied
+  corruption per step, and what the paper's description implies.
+- "shared": one set of columns for the whole batch, as the official code does (it draws one set per
+  optimizer step, shared by every row, micro-step and GPU). Kept to reproduce that code exactly.
+"""
+
+import math
+
+import torch
+
+MODES = ("per_sequence", "shared")
+
+
+def num_masked(seq_len, ratio):
+    """How many of seq_len input positions MEAP masks: floor(seq_len * ratio)."""
+    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise ValueError(f"mask ratio must be in [0, 1) (0 = plain next-token prediction), got {ratio!r}")
+    return math.floor(seq_len * ratio)
+
+
+def check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"mask mode must be one of {MODES}, got {mode!r}")
+
+
+def sample_mask(batch_size, seq_len, ratio, mode="per_sequence", exclude=None, generator=None):
+    """Boolean (batch_size, seq_len) tensor, True where the input is to be replaced by [MASK].
+
+    exclude: optional bool tensor (batch_size, seq_len) or (seq_len,), True at positions that must
+    never be masked (for example a query whose answer is the next token). In "shared" mode a column
+    excluded in any row is excluded for all. generator: a torch.Generator, for reproducibility.
+    """
+    k = num_masked(seq_len, ratio)
+    check_mode(mode)
+    rows = batch_size if mode == "per_sequence" else 1
+    allowed = torch.ones(rows, seq_len, dtype=torch.bool)
+    allowed[:, -1] = False  # the last input is never masked
+    if exclude is not None:
+        exclude = torch.as_tensor(exclude, dtype=torch.bool).cpu().expand(batch_size, seq_len)
+        allowed &= ~exclude if mode == "per_sequence" else ~exclude.any(dim=0, keepdim=True)
+    if k == 0:
+        return torch.zeros(batch_size, seq_len, dtype=torch.bool)
+    if int(allowed.sum(dim=1).min()) < k:
+        raise ValueError(f"cannot mask {k} of {seq_len} positions: too many excluded")
+    # k distinct positions per row, uniformly among the allowed ones: the k smallest random keys
+    keys = torch.rand(rows, seq_len, generator=generator)
+    keys[~allowed] = 2.0  # larger than any uniform draw, so never among the k smallest
+    picked = keys.topk(k, dim=1, largest=False).indices  # (rows, k)
+    mask = torch.zeros(rows, seq_len, dtype=torch.bool).scatter_(1, picked, True)
+    return mask.expand(batch_size, seq_len).clone()
+
+
+def apply_mask(idx, mask, mask_token_id):
+    """Copy of the input ids idx (B, T) with [MASK] wherever mask (B, T) is True."""
+    return torch.where(mask.to(idx.device), torch.full_like(idx, mask_token_id), idx)
+
+
+def meap_inputs(idx, ratio, mask_token_id, mode="per_sequence", exclude=None, generator=None):
+    """The MEAP training input for clean input ids idx (B, T), and the mask used.
+    Ratio 0 returns idx itself and draws no random numbers: plain next-token prediction.
+    The targets are not an argument on purpose: MEAP never changes them."""
+    B, T = idx.shape
+    check_mode(mode)
+    if num_masked(T, ratio) == 0:
+        return idx, torch.zeros(B, T, dtype=torch.bool)
+    mask = sample_mask(B, T, ratio, mode, exclude, generator)
+    return apply_mask(idx, mask, mask_token_id), mask

@@ -1,0 +1,88 @@
+import math
+
+import pytest
+import torch
+
+from mask import apply_mask, meap_inputs, num_masked, sample_mask
+
+MASK = 99
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("T,ratio", [(128, 0.15), (100, 0.29), (64, 0.05), (7, 0.5), (1000, 0.2), (10, 0.05)])
+def test_exact_count_per_row_and_last_position_never_masked(T, ratio):
+    m = sample_mask(16, T, ratio, generator=gen())
+    assert (m.sum(dim=1) == math.floor(T * ratio)).all()
+    assert not m[:, -1].any()
+
+
+def test_per_sequence_rows_differ_and_shared_rows_share_columns():
+    per = sample_mask(8, 64, 0.15, "per_sequence", generator=gen())
+    assert len({tuple(r.tolist()) for r in per}) == 8
+    shared = sample_mask(8, 64, 0.15, "shared", generator=gen())
+    assert (shared == shared[0]).all() and shared[0].sum() == 9
+
+
+def test_excluded_positions_are_never_masked():
+    exclude = torch.zeros(4, 32, dtype=torch.bool)
+    exclude[0, :20] = True
+    exclude[1, 5] = exclude[2, 7] = True
+    for s in range(50):
+        m = sample_mask(4, 32, 0.3, exclude=exclude, generator=gen(s))
+        assert not (m & exclude).any() and (m.sum(1) == 9).all()
+        shared = sample_mask(4, 32, 0.3, "shared", exclude=exclude, generator=gen(s))
+        assert not (shared & exclude.any(0)).any()  # a column excluded anywhere is excluded everywhere
+    col = sample_mask(3, 10, 0.3, exclude=torch.arange(10) < 4, generator=gen())  # one row for all
+    assert not col[:, :4].any()
+
+
+def test_too_many_exclusions_is_an_error():
+    with pytest.raises(ValueError, match="too many excluded"):
+        sample_mask(2, 10, 0.5, exclude=torch.arange(10) < 6)
+
+
+def test_positions_are_uniform_over_the_allowed_ones():
+    counts = sample_mask(20000, 10, 0.3, generator=gen()).sum(0).float()
+    assert counts[-1] == 0
+    expected = 20000 * 3 / 9  # 3 of the 9 allowed positions per row
+    assert ((counts[:-1] - expected).abs() / expected).max() < 0.03
+
+
+def test_reproducible_under_a_generator():
+    assert torch.equal(sample_mask(4, 50, 0.15, generator=gen(7)), sample_mask(4, 50, 0.15, generator=gen(7)))
+    assert not torch.equal(sample_mask(4, 50, 0.15, generator=gen(7)), sample_mask(4, 50, 0.15, generator=gen(8)))
+
+
+def test_ratio_zero_is_an_exact_no_op_that_draws_nothing():
+    x = torch.randint(0, 50, (4, 32))
+    g = gen()
+    state = g.get_state()
+    out, m = meap_inputs(x, 0, MASK, generator=g)
+    assert out is x and not m.any()
+    assert torch.equal(g.get_state(), state)
+    assert meap_inputs(x, 0.01, MASK)[0] is x  # floor(32 * 0.01) = 0: nothing to mask either
+
+
+def test_meap_inputs_puts_mask_at_the_positions_and_leaves_the_rest_and_the_input_alone():
+    x = torch.randint(0, 50, (4, 40))
+    before = x.clone()
+    out, m = meap_inputs(x, 0.15, MASK, generator=gen())
+    assert (out[m] == MASK).all() and torch.equal(out[~m], x[~m])
+    assert torch.equal(x, before)  # a new tensor: the clean sequence (and so the targets) unchanged
+    assert torch.equal(apply_mask(x, m, MASK), out)
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, float("nan"), "0.1", None])
+def test_bad_ratio_raises_a_clear_value_error(ratio):
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        num_masked(10, ratio)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        meap_inputs(torch.zeros(1, 10, dtype=torch.long), ratio, MASK)
+
+
+def test_bad_mode_raises():
+    with pytest.raises(ValueError, match="per_sequence"):
+        meap_inputs(torch.zeros(1, 10, dtype=torch.long), 0.2, MASK, mode="columns")

@@ -1,0 +1,195 @@
+"""
+Synthetic retrieval tasks, generated on the fly with numpy (vectorised over the batch), and their
+exact-match evaluation on clean inputs.
+
+Every example is one token sequence of block_size + 1 tokens: x = seq[:-1] is the input, y =
+seq[1:] the next token at every position (the pre-training target), and `answer` marks the
+positions where y is a retrieval answer (there x holds the query key).
+
+Tasks
+- "mqar": multi-query associative recall (Zoology, Arora et al. 2023). n_pairs key-value pairs,
+  then queries until the sequence ends: keys of those pairs (drawn with replacement), each
+  followed by its value:
+      | K12 40 K3 7 K9 1 K5 22 K3 7 K12 40 K3 7 K5 22 ...
+- "needle": needle in a haystack (Kamradt; RULER, Hsieh et al. 2024). A haystack of filler with
+  n_needles key-value needles in it (one queried, the rest distractors), then the question:
+      | ka lo K12 40 mi se ... K3 7 ... to ne ? K12 40
+  The queried needle's depth (0 = start of the haystack, 1 = end) can be chosen.
+- "mix": the first half of each batch MQAR, the second half needle.
+
+Why MQAR asks about every key many times: under the full-sequence loss a key's first occurrence
+is followed by a random value, so copying "the value after this key" is punished there and
+rewarded only at the queries. With one query per key the two cancel, and a 2-layer model sat on
+the 1/n_pairs plateau for thousands of steps; with ~7 queries per key it learns to retrieve within
+a few hundred (NTP) to about a thousand (MEAP) steps, and carries the skill over to the needles.
+
+The filler is a small fixed "language" so that the full-sequence next-token loss means something,
+as it does in text pre-training: a random walk over a ring of 32 syllable-words (each word has 4
+possible successors with fixed probabilities), relabelled by a fixed permutation. Its entropy,
+FILLER_ENTROPY nats per word, is the floor of the loss on filler tokens.
+
+Vocabulary (printable, one token per word): '|' starts a sequence, '?' asks the needle question,
+32 filler words, 64 keys 'K0'..'K63', 64 values '0'..'63', and '[MASK]' last (MEAP's mask token,
+the id right after the real vocabulary, never in the data).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+FILLER_WORDS = [c + v for c in "bdklmnst" for v in "aeio"]  # 32 syllables: ba, be, ..., to
+ITOS = ["|", "?"] + FILLER_WORDS + [f"K{i}" for i in range(64)] + [str(i) for i in range(64)] + ["[MASK]"]
+STOI = {s: i for i, s in enumerate(ITOS)}
+BOS, QUERY = STOI["|"], STOI["?"]
+FILLER = np.array([STOI[w] for w in FILLER_WORDS])
+KEYS = np.array([STOI[f"K{i}"] for i in range(64)])
+VALUES = np.array([STOI[str(i)] for i in range(64)])
+MASK_ID = STOI["[MASK]"]
+VOCAB_SIZE = len(ITOS)  # 163, [MASK] included
+
+TASKS = ("mqar", "needle", "mix")
+DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)  # needle depths reported by evaluate()
+
+# the filler language: from ring position s, step to s + STEPS[i] with probability STEP_PROBS[i]
+STEPS = np.array([1, 2, 3, -1])
+STEP_PROBS = np.array([0.5, 0.25, 0.15, 0.1])
+RING = np.random.default_rng(0).permutation(len(FILLER_WORDS))  # ring position -> word; fixed
+FILLER_ENTROPY = float(-(STEP_PROBS * np.log(STEP_PROBS)).sum())  # 1.21 nats per filler word
+
+
+def encode(text):
+    """'| K3 7 ? K3' -> token ids; one-line error on a word outside the vocabulary."""
+    unknown = [w for w in text.split() if w not in STOI]
+    if unknown:
+        raise ValueError(f"not in the task vocabulary: {unknown[:5]} (words are '|', '?', "
+                         f"ba..to, K0..K63, 0..63)")
+    return [STOI[w] for w in text.split()]
+
+
+def decode(ids):
+    return " ".join(ITOS[int(i)] for i in ids)
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # (B, T) clean input ids
+    y: torch.Tensor  # (B, T) next-token targets
+    answer: torch.Tensor  # (B, T) bool: y is a retrieval answer here (and x the query key)
+    depth: torch.Tensor  # (B,) depth of the queried needle in [0, 1]; nan for MQAR
+
+
+def _batch(seq, answer, depth):
+    seq = torch.from_numpy(seq)
+    return Batch(seq[:, :-1], seq[:, 1:], torch.from_numpy(answer), torch.from_numpy(depth))
+
+
+def filler(rng, batch_size, n):
+    """(batch_size, n) filler words: each row one walk of the fixed bigram language."""
+    start = rng.integers(len(RING), size=(batch_size, 1))
+    steps = rng.choice(STEPS, p=STEP_PROBS, size=(batch_size, n))
+    return FILLER[RING[(start + steps.cumsum(axis=1)) % len(RING)]]
+
+
+def _keys_values(rng, batch_size, n):
+    """n distinct keys per row and a random value for each: two (batch_size, n) arrays."""
+    if n > len(KEYS):
+        raise ValueError(f"at most {len(KEYS)} keys per sequence, asked for {n}")
+    keys = KEYS[np.argsort(rng.random((batch_size, len(KEYS))), axis=1)[:, :n]]
+    return keys, VALUES[rng.integers(len(VALUES), size=(batch_size, n))]
+
+
+def mqar(rng, batch_size, seq_len, n_pairs):
+    """| k1 v1 .. kD vD, then queries to the end: keys drawn from the D (with replacement), each
+    followed by its value. If seq_len is odd, one filler word precedes the queries."""
+    D = n_pairs
+    n_q = (seq_len - 2 * D) // 2  # queries that fit
+    if D < 1 or n_q < 1:
+        raise ValueError(f"mqar: {n_pairs} pairs need seq_len >= {2 * D + 2} (block_size is {seq_len})")
+    keys, values = _keys_values(rng, batch_size, D)
+    q0 = seq_len + 1 - 2 * n_q  # index of the first query key; one filler word sits before it if T is odd
+    which = rng.integers(D, size=(batch_size, n_q))  # which pair each query asks for
+    seq = np.empty((batch_size, seq_len + 1), dtype=np.int64)
+    seq[:, 0] = BOS
+    seq[:, 1:1 + 2 * D:2], seq[:, 2:2 + 2 * D:2] = keys, values
+    seq[:, 1 + 2 * D:q0] = filler(rng, batch_size, q0 - 1 - 2 * D)
+    seq[:, q0::2] = np.take_along_axis(keys, which, axis=1)
+    seq[:, q0 + 1::2] = np.take_along_axis(values, which, axis=1)
+    answer = np.zeros((batch_size, seq_len), dtype=bool)
+    answer[:, q0::2] = True  # x there is a query key, y its value
+    return _batch(seq, answer, np.full(batch_size, np.nan))
+
+
+def needle(rng, batch_size, seq_len, n_needles, depth=None):
+    """| haystack of filler with n_needles 'key value' needles, then '? key' -> value.
+    The first needle is the one asked about; depth (0..1) puts it after that share of the
+    filler, None draws it uniformly like the distractors."""
+    n = n_needles
+    F = seq_len + 1 - 1 - 2 * n - 3  # filler words: all but '|', the needles and '? key value'
+    if n < 1 or F < 0:
+        raise ValueError(f"needle: {n_needles} needles need seq_len >= {2 * n + 3} (block_size is {seq_len})")
+    keys, values = _keys_values(rng, batch_size, n)
+    gaps = rng.integers(0, F + 1, size=(batch_size, n))  # filler words before each needle
+    if depth is not None:
+        gaps[:, 0] = round(depth * F)
+    # needles that share a gap go in index order; a needle's key lands after '|', its filler
+    # words and the needles before it (two tokens each)
+    rank = np.argsort(np.argsort(gaps * n + np.arange(n), axis=1), axis=1)
+    pos = 1 + gaps + 2 * rank  # (B, n) index of each needle's key in seq
+    seq = np.full((batch_size, seq_len + 1), -1, dtype=np.int64)
+    rows = np.arange(batch_size)[:, None]
+    seq[:, 0] = BOS
+    seq[rows, pos], seq[rows, pos + 1] = keys, values
+    seq[:, -3], seq[:, -2], seq[:, -1] = QUERY, keys[:, 0], values[:, 0]
+    seq[seq == -1] = filler(rng, batch_size, F).ravel()  # exactly F free slots per row, in order
+    answer = np.zeros((batch_size, seq_len), dtype=bool)
+    answer[:, -1] = True
+    return _batch(seq, answer, gaps[:, 0] / max(F, 1))
+
+
+def get_batch(task, rng, batch_size, seq_len, n_pairs=4, n_needles=4):
+    """A Batch of the named task; a pure function of the numpy Generator's state."""
+    if task == "mqar":
+        return mqar(rng, batch_size, seq_len, n_pairs)
+    if task == "needle":
+        return needle(rng, batch_size, seq_len, n_needles)
+    if task == "mix":
+        a = mqar(rng, batch_size // 2, seq_len, n_pairs)
+        b = needle(rng, batch_size - batch_size // 2, seq_len, n_needles)
+        return Batch(*(torch.cat([u, v]) for u, v in zip(vars(a).values(), vars(b).values())))
+    raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+
+
+@torch.no_grad()
+def evaluate(model, task, seq_len, n_pairs=4, n_needles=4, n_examples=500, seed=0,
+             batch_size=250, device="cpu"):
+    """Exact-match accuracy of the greedy next token at every answer position, on clean inputs
+    from their own seed (use one no training stream uses). model(x) returns logits (B, T, V), or
+    a tuple starting with them. Returns a flat dict: 'acc' (the mean over tasks), 'acc_mqar',
+    'acc_needle' and 'acc_needle_d<depth>' for each depth in DEPTHS."""
+    rng = np.random.default_rng(seed)
+
+    def hits(batches):  # 1.0/0.0 per answer, over all batches
+        out = []
+        for b in batches:
+            logits = model(b.x.to(device))
+            logits = logits[0] if isinstance(logits, tuple) else logits
+            out.append((logits.argmax(dim=-1).cpu() == b.y)[b.answer].float())
+        return torch.cat(out)
+
+    def chunks(n):  # batch sizes adding up to n
+        return [min(batch_size, n - i) for i in range(0, n, batch_size)]
+
+    res = {}
+    if task in ("mqar", "mix"):
+        res["acc_mqar"] = hits(mqar(rng, b, seq_len, n_pairs) for b in chunks(n_examples)).mean().item()
+    if task in ("needle", "mix"):
+        per_depth = [hits(needle(rng, b, seq_len, n_needles, d) for b in chunks(n_examples // len(DEPTHS)))
+                     for d in DEPTHS]
+        res["acc_needle"] = torch.cat(per_depth).mean().item()
+        for d, h in zip(DEPTHS, per_depth):
+            res[f"acc_needle_d{d:.2f}"] = h.mean().item()
+    if not res:
+        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    res["acc"] = float(np.mean([res[k] for k in ("acc_mqar", "acc_needle") if k in res]))
+    return res

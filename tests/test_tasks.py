@@ -1,0 +1,129 @@
+import numpy as np
+import pytest
+import torch
+
+import tasks
+
+
+def oracle_answers(x, answer):
+    """Brute force: for each answer position, find the query key's first occurrence (its
+    key-value pair or needle) and read the token after it."""
+    out = torch.full(x.shape, -1)
+    for b, t in answer.nonzero().tolist():
+        earlier = [s for s in range(t) if x[b, s] == x[b, t]]
+        assert earlier, "a query key must occur before its query"
+        out[b, t] = x[b, earlier[0] + 1]
+    return out
+
+
+def oracle_model(x):
+    """Logits that put all weight on the oracle's answer wherever x is a query, so evaluate()
+    must score 1.0."""
+    logits = torch.zeros(*x.shape, tasks.VOCAB_SIZE)
+    is_query = torch.zeros_like(x, dtype=torch.bool)
+    for b in range(x.shape[0]):  # a query key is a key seen before
+        seen = set()
+        for t, tok in enumerate(x[b].tolist()):
+            if tok in tasks.KEYS and tok in seen:
+                is_query[b, t] = True
+            seen.add(tok)
+    ans = oracle_answers(x, is_query)
+    logits[is_query, ans[is_query]] = 10.0
+    return logits
+
+
+@pytest.mark.parametrize("task", tasks.TASKS)
+@pytest.mark.parametrize("T", [32, 64, 129])
+def test_generators_answers_agree_with_a_brute_force_oracle(task, T):
+    b = tasks.get_batch(task, np.random.default_rng(T), 16, T, n_pairs=4, n_needles=3)
+    assert b.x.shape == b.y.shape == b.answer.shape == (16, T)
+    assert torch.equal(b.x[:, 1:], b.y[:, :-1])  # y is x shifted by one
+    assert (b.x[:, 0] == tasks.BOS).all() and (b.x < tasks.MASK_ID).all() and (b.x >= 0).all()
+    ans = oracle_answers(b.x, b.answer)
+    assert torch.equal(ans[b.answer], b.y[b.answer])
+    assert (b.answer.sum(1) > 0).all()
+
+
+@pytest.mark.parametrize("T,n_queries", [(64, 28), (63, 27)])
+def test_mqar_layout(T, n_queries):
+    b = tasks.mqar(np.random.default_rng(0), 8, T, n_pairs=4)
+    ctx = b.x[:, 1:9:2]  # the 4 keys of the pairs, distinct in every row
+    assert all(len(set(r.tolist())) == 4 for r in ctx)
+    assert (b.answer.sum(1) == n_queries).all()  # queries fill the rest of the sequence
+    queried = b.x[b.answer].view(8, n_queries)
+    assert all(set(q.tolist()) <= set(c.tolist()) for q, c in zip(queried, ctx))
+    assert (b.answer.nonzero()[:, 1].view(8, -1)[:, -1] == T - 1).all()  # the last input is a query
+    if T % 2:  # an odd length leaves one filler word between the pairs and the queries
+        assert np.isin(b.x[:, 9].numpy(), tasks.FILLER).all()
+
+
+@pytest.mark.parametrize("depth", tasks.DEPTHS)
+def test_needle_lands_at_the_requested_depth(depth):
+    T, n = 100, 4
+    b = tasks.needle(np.random.default_rng(1), 32, T, n, depth=depth)
+    F = T - 2 * n - 3  # filler words in the haystack
+    key = b.x[:, -1]
+    for row in range(32):
+        pos = (b.x[row] == key[row]).nonzero()[0].item()  # the needle's key in the haystack
+        fill_before = sum(1 for tok in b.x[row, 1:pos].tolist() if tok in tasks.FILLER)
+        assert fill_before == round(depth * F)
+    assert torch.allclose(b.depth, torch.full((32,), round(depth * F) / F, dtype=torch.float64))
+    # n needles with distinct keys in every haystack, then '? key'
+    keys_in_hay = [(np.isin(r[:-2], tasks.KEYS)).sum() for r in b.x.numpy()]
+    assert keys_in_hay == [n] * 32 and (b.x[:, -2] == tasks.QUERY).all()
+
+
+def test_filler_follows_the_fixed_bigram_language():
+    words = tasks.filler(np.random.default_rng(0), 200, 500)
+    ring = {int(w): i for i, w in enumerate(tasks.FILLER[tasks.RING])}  # word id -> ring position
+    pos = np.vectorize(ring.get)(words)
+    steps = (pos[:, 1:] - pos[:, :-1]) % len(ring)
+    allowed = set(int(s) % len(ring) for s in tasks.STEPS)
+    assert set(np.unique(steps).tolist()) == allowed
+    freq = {s % len(ring): (steps == s % len(ring)).mean() for s in tasks.STEPS}
+    for s, p in zip(tasks.STEPS, tasks.STEP_PROBS):
+        assert abs(freq[s % len(ring)] - p) < 0.01
+    assert tasks.FILLER_ENTROPY == pytest.approx(1.208, abs=1e-3)
+
+
+def test_generation_is_deterministic_by_seed():
+    a = tasks.get_batch("mix", np.random.default_rng(5), 8, 64)
+    b = tasks.get_batch("mix", np.random.default_rng(5), 8, 64)
+    c = tasks.get_batch("mix", np.random.default_rng(6), 8, 64)
+    assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
+
+
+def test_evaluate_scores_an_oracle_1_and_guessing_about_chance():
+    res = tasks.evaluate(oracle_model, "mix", 48, n_pairs=4, n_needles=3, n_examples=100)
+    assert res["acc"] == res["acc_mqar"] == res["acc_needle"] == 1.0
+    assert all(res[f"acc_needle_d{d:.2f}"] == 1.0 for d in tasks.DEPTHS)
+
+    g = torch.Generator().manual_seed(0)
+
+    def guesser(x):  # a random value token everywhere: chance is 1/64
+        logits = torch.zeros(*x.shape, tasks.VOCAB_SIZE)
+        pick = torch.from_numpy(tasks.VALUES)[torch.randint(64, x.shape, generator=g)]
+        return logits.scatter_(2, pick[..., None], 1.0)
+
+    res = tasks.evaluate(guesser, "mix", 48, n_pairs=4, n_needles=3, n_examples=2000)
+    assert 0.005 < res["acc_mqar"] < 0.03 and 0.005 < res["acc_needle"] < 0.035
+
+
+def test_evaluate_of_an_untrained_model_is_near_chance():
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=192, n_layer=1, n_head=2, n_kv_head=2, n_embd=32))
+    res = tasks.evaluate(model, "mix", 64, n_examples=200)
+    assert res["acc"] < 0.05
+
+
+def test_errors_are_clear():
+    with pytest.raises(ValueError, match="seq_len >= 18"):
+        tasks.mqar(np.random.default_rng(0), 2, 17, n_pairs=8)
+    with pytest.raises(ValueError, match="needles need"):
+        tasks.needle(np.random.default_rng(0), 2, 10, n_needles=4)
+    with pytest.raises(ValueError, match="unknown task"):
+        tasks.get_batch("nope", np.random.default_rng(0), 2, 64)
+    with pytest.raises(ValueError, match="not in the task vocabulary"):
+        tasks.encode("| K3 hello")
+    assert tasks.decode(tasks.encode("| K3 7 ba ? K3")) == "| K3 7 ba ? K3"

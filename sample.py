@@ -1,0 +1,105 @@
+"""
+Generate from a checkpoint written by train.py.
+
+    python sample.py                                  # out/ckpt.pt: held-out retrieval prompts
+    python sample.py --start "| K3 7 K9 12 ka lo K9"  # your own prompt (task words)
+    python sample.py --start FILE:prompt.txt --out_dir out-shakespeare --max_new_tokens 200
+
+With no --start, a checkpoint trained on the synthetic tasks is shown held-out task prompts, cut
+right after the question; the first generated token is its answer, printed next to the expected
+one. [MASK] and the vocabulary padding are never sampled.
+"""
+
+import os
+import pickle
+import sys
+
+import numpy as np
+import torch
+
+import configurator
+import tasks
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+out_dir = "out"  # folder holding ckpt.pt
+start = ""  # prompt text, or FILE:path to read it from a file; '' = held-out task prompts
+num_samples = 3  # samples to draw
+max_new_tokens = 8  # tokens to generate per sample
+temperature = 0.8  # 1.0 = the model's distribution, lower = more greedy, 0 = greedy
+top_k = 200  # sample only among the k likeliest tokens; 0 = all
+seed = 1337  # seeds the sampling and the choice of task prompts
+device = "auto"  # 'auto' (cuda, then mps, then cpu), or cpu, cuda, cuda:1, mps
+# -----------------------------------------------------------------------------
+configurator.apply(sys.argv[1:], globals())
+
+
+def die(msg):
+    sys.exit(f"error: {msg}")
+
+
+if device == "auto":
+    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+ckpt_path = os.path.join(out_dir, "ckpt.pt")
+if not os.path.exists(ckpt_path):
+    die(f"no checkpoint at {ckpt_path}; train one first (python train.py), or point --out_dir at one")
+try:
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    model = GPT(GPTConfig(**checkpoint["model_args"]))
+    model.load_state_dict(checkpoint["model"])
+except Exception as e:  # not a train.py checkpoint, or one of another model
+    die(f"{ckpt_path} is not a checkpoint this model.py can load ({str(e).splitlines()[0]})")
+model.eval().to(device)
+meta, mask_token_id, cfg = checkpoint["meta"], checkpoint["mask_token_id"], checkpoint["config"]
+torch.manual_seed(seed)
+
+# the tokenizer the checkpoint was trained with
+if meta["kind"] == "synthetic":
+    encode, decode = tasks.encode, tasks.decode
+elif "stoi" in meta:  # a character-level dataset
+    stoi, itos = meta["stoi"], meta["itos"]
+    encode = lambda s: [stoi[c] for c in s if c in stoi]
+    decode = lambda ids: "".join(itos[i] for i in ids)
+else:  # GPT-2 BPE
+    import tiktoken
+    enc = tiktoken.get_encoding("gpt2")
+    encode = lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})
+    decode = lambda ids: enc.decode(ids)
+
+
+def generate(prompt_ids):
+    x = torch.tensor(prompt_ids, dtype=torch.long, device=device)[None, :]  # (1, T)
+    y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k or None,
+                       vocab_limit=mask_token_id)  # ids from [MASK] up are never drawn
+    return y[0, len(prompt_ids):].tolist()
+
+
+if start or meta["kind"] != "synthetic":
+    text = start or "\n"
+    if text.startswith("FILE:"):
+        with open(text[5:], encoding="utf-8") as f:
+            text = f.read()
+    try:
+        prompt = encode(text)
+    except ValueError as e:
+        die(e)
+    if not prompt:
+        die("the prompt encodes to no tokens")
+    for _ in range(num_samples):
+        print(decode(prompt + generate(prompt)))
+        print("---------------")
+else:
+    # held-out prompts of the checkpoint's task, cut right after the first question
+    rng = np.random.default_rng([seed, 2**31])
+    names = ["mqar", "needle"] if cfg["task"] == "mix" else [cfg["task"]]
+    for i in range(num_samples):
+        name = names[i % len(names)]
+        b = tasks.get_batch(name, rng, 1, cfg["block_size"], cfg["n_pairs"], cfg["n_needles"])
+        q = int(b.answer[0].nonzero()[0])  # position of the first question's key
+        prompt, expected = b.x[0, :q + 1].tolist(), tasks.ITOS[int(b.y[0, q])]
+        out = generate(prompt)
+        verdict = "right" if tasks.ITOS[out[0]] == expected else "wrong"
+        print(f"[{name}] {decode(prompt)}")
+        print(f"  -> generated: {decode(out)}")
+        print(f"  answer {tasks.ITOS[out[0]]}, expected {expected}: {verdict}")
+        print("---------------")

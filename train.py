@@ -1,0 +1,369 @@
+"""
+Pre-train a small GPT with MEAP (Mask-Enhanced Autoregressive Prediction, Zhuang et al. 2025) or
+with plain next-token prediction (NTP). The two differ in one line: MEAP replaces a random share
+of the *input* tokens by [MASK] before the forward pass; targets and loss stay the same.
+
+    python train.py --mask_ratio 0.15                # MEAP, the paper's pre-training ratio
+    python train.py --mask_ratio 0 --out_dir out-ntp # NTP, everything else identical
+    python train.py config/NAME.py --max_iters 5000  # a config file, then flags
+    python train.py --init_from resume               # continue the run in out_dir exactly
+    torchrun --standalone --nproc_per_node 8 train.py  # DDP over 8 GPUs (gloo on CPU)
+
+The default trains on a synthetic retrieval mixture generated on the fly (see tasks.py). Every
+setting below is a global; `python train.py --help` lists them with their comments.
+"""
+
+import json
+import math
+import os
+import pickle
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import configurator
+import tasks
+from mask import MODES, meap_inputs, num_masked
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+# I/O
+out_dir = "out"  # ckpt.pt and metrics.jsonl are written here
+init_from = "scratch"  # 'scratch', or 'resume' from out_dir/ckpt.pt with its saved settings
+eval_interval = 250  # iterations between evaluations and checkpoints
+log_interval = 50  # iterations between progress lines
+eval_iters = 10  # batches for the clean val loss
+eval_examples = 500  # held-out examples per task for retrieval accuracy
+# data
+dataset = "synthetic"  # 'synthetic' (generated on the fly), or NAME for data/NAME/{train,val}.bin
+task = "mix"  # synthetic task: 'mqar', 'needle' or 'mix' (half of every batch each)
+n_pairs = 4  # mqar: key-value pairs per sequence, then queries to the end
+n_needles = 4  # needle: needles per haystack, one asked about and the rest distractors
+batch_size = 32  # sequences per micro-step, per process
+block_size = 64  # tokens per sequence
+gradient_accumulation_steps = 1  # micro-steps per optimizer step, summed over all processes
+# model
+n_layer = 2  # transformer blocks
+n_head = 4  # query heads; head size = n_embd / n_head
+n_kv_head = 4  # key/value heads; fewer than n_head = grouped-query attention
+n_embd = 128  # model width
+# MEAP (paper §3.1): the only two switches that separate MEAP from NTP
+mask_ratio = 0.15  # share of input positions replaced by [MASK]; 0 = plain next-token prediction
+mask_mode = "per_sequence"  # 'per_sequence', or 'shared': one set of columns per step (official code)
+# optimizer: AdamW, linear warm-up, cosine decay to min_lr (the paper: 4e-4 -> 4e-5, 10% warm-up)
+learning_rate = 3e-3  # peak; small models take a larger one than the paper's 4e-4
+max_iters = 2000  # optimizer steps
+weight_decay = 0.05  # the paper's
+beta1 = 0.9  # the paper's
+beta2 = 0.95  # the paper's
+grad_clip = 1.0  # clip the gradient norm at this; 0 = off
+warmup_iters = 200  # ~10% of max_iters, as the paper
+lr_decay_iters = -1  # length of the cosine; -1 = max_iters
+min_lr = 3e-4  # ~learning_rate / 10, as the paper
+# system
+device = "auto"  # 'auto' (cuda, then mps, then cpu), or cpu, cuda, cuda:1, mps
+dtype = "auto"  # 'auto' (bfloat16 on CUDA, float16 on older GPUs, float32 elsewhere) or a name
+compile = False  # torch.compile the model: faster on recent GPUs after a warm-up, rarely on CPU
+seed = 1337  # seeds the weights, the data order and the masks
+# -----------------------------------------------------------------------------
+config_keys = list(configurator.defaults_of(globals()))  # the settings above
+overrides = configurator.apply(sys.argv[1:], globals())
+
+
+def die(msg):
+    sys.exit(f"error: {msg}")
+
+
+ckpt_path = os.path.join(out_dir, "ckpt.pt")
+checkpoint = None
+if init_from == "resume":
+    # continue with the settings saved in the checkpoint; flags given now still win
+    if not os.path.exists(ckpt_path):
+        die(f"--init_from resume: no checkpoint at {ckpt_path} (check --out_dir, or start with --init_from scratch)")
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        saved_config = checkpoint["config"]
+    except Exception as e:  # truncated, corrupt, or not a train.py checkpoint
+        die(f"cannot read {ckpt_path} as a train.py checkpoint ({type(e).__name__}); use a new --out_dir")
+    for k, v in saved_config.items():
+        if k not in overrides and k not in ("init_from", "out_dir"):
+            globals()[k] = v
+    for k in ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
+        if k in overrides and overrides[k] != saved_config[k]:
+            die(f"--{k} {overrides[k]} does not match the checkpoint's {saved_config[k]}; "
+                f"drop the flag to resume, or use a new --out_dir")
+elif init_from != "scratch":
+    die(f"--init_from must be 'scratch' or 'resume', got {init_from!r}")
+config = {k: globals()[k] for k in config_keys}
+
+# check the settings here, so that a mistake is one line now rather than a traceback later
+try:
+    num_masked(block_size, mask_ratio)
+except ValueError as e:
+    die(f"--mask_ratio: {e}")
+if mask_mode not in MODES:
+    die(f"--mask_mode must be one of {MODES}, got {mask_mode!r}")
+if dtype not in ("auto", "float32", "bfloat16", "float16"):
+    die(f"--dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+if dataset == "synthetic" and task not in tasks.TASKS:
+    die(f"--task must be one of {tasks.TASKS}, got {task!r}")
+for k in ("batch_size", "block_size", "max_iters", "n_layer", "n_head", "n_embd", "gradient_accumulation_steps"):
+    if globals()[k] < 1:
+        die(f"--{k} must be at least 1, got {globals()[k]}")
+if n_embd % n_head or n_head % n_kv_head or (n_embd // n_head) % 2:
+    die(f"need n_embd divisible by n_head with an even head size, and n_head by n_kv_head "
+        f"(got n_embd={n_embd}, n_head={n_head}, n_kv_head={n_kv_head})")
+
+# -----------------------------------------------------------------------------
+# devices and processes
+if device == "auto":
+    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+try:
+    device_type = torch.device(device).type
+except RuntimeError:
+    die(f"--device {device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+if device_type == "cuda" and not torch.cuda.is_available():
+    die("--device cuda, but CUDA is not available here; use --device cpu")
+if device_type == "mps" and not torch.backends.mps.is_available():
+    die("--device mps, but MPS is not available here; use --device cpu")
+ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
+if ddp:
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    ddp_rank, ddp_world_size = dist.get_rank(), dist.get_world_size()
+    if device_type == "cuda":
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    if gradient_accumulation_steps % ddp_world_size:
+        die(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be a multiple of the "
+            f"number of processes ({ddp_world_size})")
+    gradient_accumulation_steps //= ddp_world_size
+else:
+    ddp_rank, ddp_world_size = 0, 1
+master = ddp_rank == 0  # the process that evaluates, logs and saves
+if dtype == "auto":
+    dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
+ptdtype = getattr(torch, dtype)
+ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
+
+# -----------------------------------------------------------------------------
+# data. Every batch is a pure function of (seed, rank, iteration, micro-step): a resumed run sees
+# exactly the data, and the masks, of the uninterrupted one, and NTP and MEAP runs see the same data.
+VAL_SEED = 2**31  # held-out examples: no training stream is seeded like this
+if dataset == "synthetic":
+    mask_token_id, meta = tasks.MASK_ID, {"kind": "synthetic"}
+    real_vocab = tasks.VOCAB_SIZE  # [MASK] included
+    try:
+        tasks.get_batch(task, np.random.default_rng(0), 2, block_size, n_pairs, n_needles)
+    except ValueError as e:
+        die(e)
+else:
+    data_dir = os.path.join("data", dataset)
+    for split in ("train", "val"):
+        if not os.path.exists(os.path.join(data_dir, f"{split}.bin")):
+            die(f"{data_dir}/{split}.bin not found; prepare it with: python {data_dir}/prepare.py")
+    meta = {"kind": "gpt2", "vocab_size": 50257}  # nanoGPT's convention when there is no meta.pkl
+    if os.path.exists(os.path.join(data_dir, "meta.pkl")):
+        with open(os.path.join(data_dir, "meta.pkl"), "rb") as f:
+            meta = {"kind": "meta", **pickle.load(f)}
+    mask_token_id = meta["vocab_size"]  # [MASK] is the id right after the tokenizer's vocabulary
+    real_vocab = mask_token_id + 1
+    for split in ("train", "val"):  # ids must fit the vocabulary (checked on the first 10M tokens)
+        top = int(np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")[:10_000_000].max())
+        if top >= mask_token_id:
+            die(f"{data_dir}/{split}.bin holds token id {top}, but the vocabulary has {mask_token_id} ids; "
+                f"fix vocab_size in {data_dir}/meta.pkl")
+
+
+def get_batch(split, it, micro=0):
+    """(x, y, answer) for one micro-step: x clean inputs, y targets (B, T), answer (B, T) bool
+    marks query positions, whose next token is a retrieval answer (all False for text)."""
+    entropy = [seed, ddp_rank, it, micro] if split == "train" else [VAL_SEED, 0, it]
+    rng = np.random.default_rng(entropy)
+    if dataset == "synthetic":
+        b = tasks.get_batch(task, rng, batch_size, block_size, n_pairs, n_needles)
+        return b.x, b.y, b.answer
+    data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")  # fresh map: no leak
+    if len(data) <= block_size + 1:
+        die(f"{data_dir}/{split}.bin holds {len(data)} tokens, fewer than block_size + 2 = {block_size + 2}")
+    ix = rng.integers(len(data) - block_size - 1, size=batch_size)
+    seq = torch.from_numpy(data[ix[:, None] + np.arange(block_size + 1)].astype(np.int64))  # (B, T+1)
+    return seq[:, :-1], seq[:, 1:], torch.zeros(batch_size, block_size, dtype=torch.bool)
+
+
+def to_device(*ts):
+    if device_type == "cuda":  # pinned memory lets the copy overlap with compute
+        return [t.pin_memory().to(device, non_blocking=True) for t in ts]
+    return [t.to(device) for t in ts]
+
+
+def train_batch(it, micro):
+    """The MEAP input: the clean batch with [MASK] at floor(T * mask_ratio) positions per
+    sequence (§3.1). Queries are never masked: the answer after a hidden query is noise no model
+    can learn. The targets y stay clean."""
+    x, y, answer = get_batch("train", it, micro)
+    g = torch.Generator()
+    if mask_mode == "shared":
+        g.manual_seed(50 + it % 51)  # the official code: one pattern per step, 51 patterns in all
+    else:
+        g.manual_seed(int(np.random.default_rng([seed, ddp_rank, it, micro, 1]).integers(2**62)))
+    x, _ = meap_inputs(x, mask_ratio, mask_token_id, mask_mode, exclude=answer, generator=g)
+    return to_device(x, y)
+
+
+# -----------------------------------------------------------------------------
+# model and optimizer
+torch.manual_seed(seed)
+model_args = dict(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head,
+                  n_embd=n_embd, vocab_size=64 * math.ceil(real_vocab / 64))  # pad to a multiple of 64
+raw_model = GPT(GPTConfig(**model_args)).to(device)
+optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
+iter_num = 0
+if checkpoint is not None:
+    if checkpoint["model_args"] != model_args:
+        die(f"{ckpt_path} was trained with {checkpoint['model_args']}, not {model_args}; use a new --out_dir")
+    try:
+        raw_model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        die(f"{ckpt_path} does not fit this model ({str(e).splitlines()[0]}); use a new --out_dir")
+    scaler.load_state_dict(checkpoint["scaler"])
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    iter_num = checkpoint["iter_num"]
+    del checkpoint  # free the memory
+model = torch.compile(raw_model) if compile else raw_model
+if ddp:
+    model = DDP(model, device_ids=[torch.device(device).index] if device_type == "cuda" else None)
+
+
+def get_lr(it):
+    decay_iters = max_iters if lr_decay_iters < 0 else lr_decay_iters
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it >= decay_iters:
+        return min_lr
+    progress = (it - warmup_iters) / max(1, decay_iters - warmup_iters)  # 0 -> 1
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+
+
+@torch.no_grad()
+def evaluate():
+    """Clean-input val loss, and for synthetic data the retrieval accuracy (tasks.evaluate)."""
+    raw_model.eval()
+    losses = []
+    for k in range(eval_iters):
+        x, y = to_device(*get_batch("val", k)[:2])
+        with ctx:
+            losses.append(raw_model(x, y)[1].item())
+    out = {"val_loss": float(np.mean(losses))}
+    if dataset == "synthetic":
+        with ctx:
+            out.update(tasks.evaluate(raw_model, task, block_size, n_pairs, n_needles, eval_examples,
+                                      seed=[VAL_SEED, 1], device=device))
+    raw_model.train()
+    return out
+
+
+def save_checkpoint():
+    ckpt = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "model_args": model_args, "iter_num": iter_num, "config": config, "meta": meta,
+            "mask_token_id": mask_token_id, "rng": {"torch": torch.get_rng_state()}}
+    torch.save(ckpt, ckpt_path + ".tmp")
+    os.replace(ckpt_path + ".tmp", ckpt_path)  # atomic: never a half-written ckpt.pt
+
+
+def log_metrics(row):
+    with open(metrics_path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+# -----------------------------------------------------------------------------
+# training loop
+metrics_path = os.path.join(out_dir, "metrics.jsonl")
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+    kept = []
+    if init_from == "resume" and os.path.exists(metrics_path):  # drop rows past the checkpoint
+        with open(metrics_path) as f:
+            kept = [line for line in f if json.loads(line)["iter"] < iter_num]
+    with open(metrics_path, "w") as f:
+        f.writelines(kept)
+    what = f"MEAP, mask_ratio {mask_ratio} ({mask_mode})" if mask_ratio > 0 else "NTP (mask_ratio 0)"
+    data_name = f"synthetic '{task}'" if dataset == "synthetic" else f"data/{dataset}"
+    print(f"{what} | {raw_model.num_params() / 1e6:.2f}M parameters | {data_name} | "
+          f"{tokens_per_iter:,} tokens/iter | {device} {dtype} | {ddp_world_size} process(es)")
+    if iter_num:
+        print(f"resuming from {ckpt_path} at iter {iter_num}")
+
+t_start = t_last = time.time()
+it_last, dt_avg, n_lines, final = iter_num, None, 0, {}
+while True:
+    lr = get_lr(iter_num)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+    if master and (iter_num % eval_interval == 0 or iter_num == max_iters):
+        final = evaluate()
+        accs = " ".join(f"{k[4:]} {v:.3f}" for k, v in final.items() if k in ("acc_mqar", "acc_needle"))
+        print(f"eval {iter_num}: clean val loss {final['val_loss']:.4f}" + (f" | acc {accs}" if accs else ""))
+        log_metrics({"iter": iter_num, **final})
+        if iter_num > 0:
+            save_checkpoint()
+        t_last, it_last = time.time(), iter_num  # leave the evaluation out of the step timing
+    if iter_num == max_iters:
+        break
+
+    for micro in range(gradient_accumulation_steps):
+        x, y = train_batch(iter_num, micro)
+        if ddp:  # synchronise gradients only on the last micro-step
+            model.require_backward_grad_sync = micro == gradient_accumulation_steps - 1
+        with ctx:
+            _, loss = model(x, y)
+            loss = loss / gradient_accumulation_steps
+        scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+    if master and iter_num % log_interval == 0:
+        train_loss = loss.item() * gradient_accumulation_steps  # .item() waits for the GPU
+        now = time.time()
+        dt = (now - t_last) / (iter_num + 1 - it_last)  # seconds per iteration since the last line
+        t_last, it_last = now, iter_num + 1
+        n_lines += 1  # the first window holds the start-up (CUDA init, compilation): the second restarts the average
+        dt_avg = dt if n_lines <= 2 else 0.7 * dt_avg + 0.3 * dt
+        mfu = raw_model.estimate_mfu(tokens_per_iter / dt, block_size, device) if ptdtype != torch.float32 else None
+        eta = (max_iters - iter_num - 1) * dt_avg
+        print(f"iter {iter_num}/{max_iters} | loss {train_loss:.4f} | lr {lr:.2e} | {dt * 1000:.1f} ms/iter | "
+              f"{tokens_per_iter / dt / 1000:.1f}k tok/s" + (f" | mfu {mfu * 100:.1f}%" if mfu else "") +
+              f" | eta {int(eta // 60)}m{int(eta % 60):02d}s")
+        log_metrics({"iter": iter_num, "loss": train_loss, "lr": lr, "ms_per_iter": dt * 1000})
+    iter_num += 1
+
+if ddp:  # every process should end with the same weights; check, then say so
+    flat = torch.cat([p.detach().float().flatten() for p in raw_model.parameters()])
+    hi, lo = flat.clone(), flat.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    if master:
+        print(f"ddp: largest weight difference between the {ddp_world_size} processes: {(hi - lo).max().item():.3g}")
+    dist.destroy_process_group()
+if master:
+    line = f"final: clean val loss {final['val_loss']:.4f}"
+    if "acc" in final:
+        parts = ", ".join(f"{k[4:]} {final[k]:.3f}" for k in ("acc_mqar", "acc_needle") if k in final)
+        line += f" | retrieval accuracy {final['acc']:.3f} ({parts})"
+    wall = time.time() - t_start
+    print(line + f" | {int(wall // 60)}m{int(wall % 60):02d}s | checkpoint {ckpt_path}")

@@ -1,0 +1,129 @@
+"""
+Training step time of NTP against MEAP, measured in one run on one machine, and printed as a table.
+MEAP adds nothing to the model's compute (paper §3.1): its only extra work is drawing the mask
+positions and writing [MASK] into the input, so the MEAP/NTP ratio should be about 1.00.
+
+    python bench.py                              # train.py's default model, and a larger one
+    python bench.py --configs default,larger,gpt2 --compile true   # on a GPU: add GPT-2 small
+
+Each step is what train.py does: generate a synthetic batch, mask it (MEAP only), copy it to the
+device, forward, backward, clip, AdamW. The two objectives alternate in short blocks of steps on
+the same model, so drift in clock speed hits both alike. The table gives each objective's median
+block, and the MEAP/NTP ratio as the median and quartiles of the ratios of paired blocks: on a
+busy or throttling machine the quartiles show how much of a difference is noise.
+"""
+
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+import configurator
+import tasks
+from mask import meap_inputs
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+configs = "default,larger"  # comma-separated names from CONFIGS below
+device = "auto"  # 'auto' (cuda, then mps, then cpu), or cpu, cuda, mps
+dtype = "auto"  # 'auto' (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16
+compile = False  # torch.compile the model
+steps = 5  # steps per timed block; blocks of NTP and MEAP alternate
+seconds = 20.0  # timed seconds per objective (and at least 3 blocks each)
+warmup = 3  # untimed steps per objective first
+mask_ratio = 0.15  # MEAP's ratio
+# -----------------------------------------------------------------------------
+configurator.apply(sys.argv[1:], globals())
+
+train_defaults = configurator.read_settings("train.py")  # the default run, straight from train.py
+CONFIGS = {
+    "default": {k: train_defaults[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size")},
+    "larger": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=8),  # nanoGPT's char model
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, vocab_size=50304),  # 124M
+}
+unknown = [c for c in configs.split(",") if c not in CONFIGS]
+if unknown:
+    sys.exit(f"error: unknown config {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
+if device == "auto":
+    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+device_type = torch.device(device).type
+if dtype == "auto":
+    dtype = "bfloat16" if device_type == "cuda" else "float32"
+ptdtype = getattr(torch, dtype)
+ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
+torch.backends.cuda.matmul.allow_tf32 = True
+
+
+def sync():
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+    elif device_type == "mps":
+        torch.mps.synchronize()
+
+
+def bench(name, cfg):
+    torch.manual_seed(0)
+    B, T = cfg["batch_size"], cfg["block_size"]
+    model = GPT(GPTConfig(block_size=T, n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_kv_head=cfg["n_head"],
+                          n_embd=cfg["n_embd"], vocab_size=cfg.get("vocab_size", 192))).to(device)
+    optimizer = model.configure_optimizers(0.05, 1e-4, (0.9, 0.95), device_type)
+    fwd = torch.compile(model) if compile else model
+    scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
+    rng = np.random.default_rng(0)
+    g = torch.Generator().manual_seed(0)
+    n_pairs, n_needles = max(1, min(8, T // 8)), max(1, min(4, T // 16))
+
+    def step(ratio):
+        b = tasks.get_batch("mix", rng, B, T, n_pairs, n_needles)
+        x, _ = meap_inputs(b.x, ratio, tasks.MASK_ID, exclude=b.answer, generator=g)
+        if device_type == "cuda":
+            x, y = x.pin_memory().to(device, non_blocking=True), b.y.pin_memory().to(device, non_blocking=True)
+        else:
+            x, y = x.to(device), b.y.to(device)
+        with ctx:
+            _, loss = fwd(x, y)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    ratios = {"NTP": 0.0, "MEAP": mask_ratio}
+    for ratio in ratios.values():
+        for _ in range(warmup):
+            step(ratio)
+    times = {k: [] for k in ratios}  # seconds per step, one entry per block
+    while len(times["NTP"]) < 3 or sum(times["NTP"]) * steps < seconds:
+        for k, ratio in ratios.items():  # alternate short blocks, so that drift hits both alike
+            sync()  # only between blocks: inside one, the CPU prepares batches while the GPU runs
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step(ratio)
+            sync()
+            times[k].append((time.perf_counter() - t0) / steps)
+    ntp, meap = statistics.median(times["NTP"]), statistics.median(times["MEAP"])
+    paired = [m / n for n, m in zip(times["NTP"], times["MEAP"])]  # MEAP block / the NTP block before it
+    lo, mid, hi = statistics.quantiles(paired, n=4, method="inclusive")
+    b = tasks.get_batch("mix", rng, B, T, n_pairs, n_needles)
+    t0 = time.perf_counter()
+    for _ in range(100):  # MEAP's only extra work, timed alone
+        meap_inputs(b.x, mask_ratio, tasks.MASK_ID, exclude=b.answer, generator=g)
+    mask_ms = (time.perf_counter() - t0) * 10
+    mfu = model.estimate_mfu(B * T / ntp, T, device) if ptdtype != torch.float32 else None
+    return (f"| {name} | {model.num_params() / 1e6:.2f}M | {B}x{T} | {ntp * 1e3:.1f} | {meap * 1e3:.1f} | "
+            f"{B * T / ntp / 1e3:.1f}k | {B * T / meap / 1e3:.1f}k | {mid:.3f} [{lo:.3f}, {hi:.3f}] | {mask_ms:.2f} | "
+            f"{'-' if mfu is None else f'{mfu * 100:.1f}%'} |")
+
+
+name = torch.cuda.get_device_name(device) if device_type == "cuda" else f"{device_type}, {torch.get_num_threads()} threads"
+print(f"device: {name} | {dtype} | compile {compile} | torch {torch.__version__} | "
+      f"blocks of {steps} steps, >= {seconds:g} s per objective; ms/step: median block; "
+      f"MEAP/NTP: median [quartiles] of paired blocks")
+print("| config | params | batch | NTP ms/step | MEAP ms/step | NTP tok/s | MEAP tok/s | MEAP/NTP | masking ms | MFU (NTP) |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for c in configs.split(","):
+    print(bench(c, CONFIGS[c]), flush=True)

@@ -20,7 +20,6 @@ import pickle
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -166,7 +165,7 @@ if dataset == "synthetic":
     except ValueError as e:
         die(e)
 else:
-    data_dir = os.path.join("data", dataset)
+    data_dir = os.path.join("data", dataset)  # an absolute path also works
     for split in ("train", "val"):
         if not os.path.exists(os.path.join(data_dir, f"{split}.bin")):
             die(f"{data_dir}/{split}.bin not found; prepare it with: python {data_dir}/prepare.py")
@@ -176,8 +175,11 @@ else:
             meta = {"kind": "meta", **pickle.load(f)}
     mask_token_id = meta["vocab_size"]  # [MASK] is the id right after the tokenizer's vocabulary
     real_vocab = mask_token_id + 1
-    for split in ("train", "val"):  # ids must fit the vocabulary (checked on the first 10M tokens)
-        top = int(np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")[:10_000_000].max())
+    for split in ("train", "val"):  # long enough, and ids that fit the vocabulary (first 10M tokens)
+        data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
+        if len(data) < block_size + 2:
+            die(f"{data_dir}/{split}.bin holds {len(data)} tokens, fewer than block_size + 2 = {block_size + 2}")
+        top = int(data[:10_000_000].max())
         if top >= mask_token_id:
             die(f"{data_dir}/{split}.bin holds token id {top}, but the vocabulary has {mask_token_id} ids; "
                 f"fix vocab_size in {data_dir}/meta.pkl")
@@ -192,8 +194,6 @@ def get_batch(split, it, micro=0):
         b = tasks.get_batch(task, rng, batch_size, block_size, n_pairs, n_needles)
         return b.x, b.y, b.answer
     data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")  # fresh map: no leak
-    if len(data) <= block_size + 1:
-        die(f"{data_dir}/{split}.bin holds {len(data)} tokens, fewer than block_size + 2 = {block_size + 2}")
     ix = rng.integers(len(data) - block_size - 1, size=batch_size)
     seq = torch.from_numpy(data[ix[:, None] + np.arange(block_size + 1)].astype(np.int64))  # (B, T+1)
     return seq[:, :-1], seq[:, 1:], torch.zeros(batch_size, block_size, dtype=torch.bool)

@@ -97,3 +97,45 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     assert "2 process(es)" in p.stdout
     assert "largest weight difference between the 2 processes: 0\n" in p.stdout
     assert (tmp_path / "ckpt.pt").exists()
+
+
+def write_char_dataset(folder, n_train=5000, n_val=500, vocab=20, top=None):
+    """A nanoGPT-format character dataset: train.bin, val.bin (uint16) and meta.pkl."""
+    import pickle
+    import numpy as np
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    chars = [chr(ord("a") + i) for i in range(vocab)]
+    for name, n in (("train", n_train), ("val", n_val)):
+        ids = (np.arange(n) % vocab).astype(np.uint16)  # a b c ... t a b c ...: easy to learn
+        ids[rng.integers(n, size=n // 20)] = rng.integers(vocab, size=n // 20)
+        if top is not None:
+            ids[-1] = top
+        ids.tofile(folder / f"{name}.bin")
+    with open(folder / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": vocab, "itos": dict(enumerate(chars)), "stoi": {c: i for i, c in enumerate(chars)}}, f)
+
+
+def test_trains_on_a_nanogpt_format_dataset_and_samples_text(tmp_path):
+    write_char_dataset(tmp_path / "chars")
+    out = tmp_path / "out"
+    p = run_script("train.py", *TINY, "--dataset", str(tmp_path / "chars"), "--max_iters", "30",
+                   "--eval_interval", "30", "--learning_rate", "1e-2", "--out_dir", str(out))
+    train, evals = metrics(out)
+    assert evals[30]["val_loss"] < evals[0]["val_loss"] - 0.5 and "acc" not in evals[30]
+    assert p.stdout.strip().splitlines()[-1].startswith("final: clean val loss")
+    ckpt = torch.load(out / "ckpt.pt", weights_only=False)
+    assert ckpt["mask_token_id"] == 20 and ckpt["model_args"]["vocab_size"] == 64
+    p = run_script("sample.py", "--out_dir", str(out), "--start", "abc", "--num_samples", "1",
+                   "--max_new_tokens", "10", "--device", "cpu")
+    assert p.stdout.startswith("abc") and len(p.stdout.split("\n")[0]) == 13
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"top": 25}, "holds token id 25, but the vocabulary has 20 ids"),
+    ({"n_val": 10}, "val.bin holds 10 tokens, fewer than block_size + 2 = 34"),
+])
+def test_a_bad_dataset_is_a_one_line_error(tmp_path, kwargs, message):
+    write_char_dataset(tmp_path / "bad", **kwargs)
+    p = run_script("train.py", *TINY, "--dataset", str(tmp_path / "bad"), "--out_dir", str(tmp_path / "o"), check=False)
+    assert p.returncode != 0 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1

@@ -40,6 +40,8 @@ def die(msg):
 
 if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+if device.startswith("cuda") and not torch.cuda.is_available():
+    die("--device cuda, but CUDA is not available here; use --device cpu")
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 if not os.path.exists(ckpt_path):
     die(f"no checkpoint at {ckpt_path}; train one first (python train.py), or point --out_dir at one")

@@ -112,7 +112,8 @@ if dtype not in ("auto", "float32", "bfloat16", "float16"):
     die(f"--dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
 if dataset == "synthetic" and task not in tasks.TASKS:
     die(f"--task must be one of {tasks.TASKS}, got {task!r}")
-for k in ("batch_size", "block_size", "max_iters", "n_layer", "n_head", "n_embd", "gradient_accumulation_steps"):
+for k in ("batch_size", "block_size", "max_iters", "n_layer", "n_head", "n_embd", "gradient_accumulation_steps",
+          "eval_interval", "log_interval", "eval_iters", "eval_examples"):
     if globals()[k] < 1:
         die(f"--{k} must be at least 1, got {globals()[k]}")
 if n_embd % n_head or n_head % n_kv_head or (n_embd // n_head) % 2:
@@ -311,7 +312,7 @@ while True:
     for group in optimizer.param_groups:
         group["lr"] = lr
 
-    if master and (iter_num % eval_interval == 0 or iter_num == max_iters):
+    if master and (iter_num % eval_interval == 0 or iter_num >= max_iters):
         final = evaluate()
         accs = " ".join(f"{k[4:]} {v:.3f}" for k, v in final.items() if k in ("acc_mqar", "acc_needle"))
         print(f"eval {iter_num}: clean val loss {final['val_loss']:.4f}" + (f" | acc {accs}" if accs else ""))
@@ -319,7 +320,7 @@ while True:
         if iter_num > 0:
             save_checkpoint()
         t_last, it_last = time.time(), iter_num  # leave the evaluation out of the step timing
-    if iter_num == max_iters:
+    if iter_num >= max_iters:  # also when resuming a run that is already past max_iters
         break
 
     for micro in range(gradient_accumulation_steps):

@@ -54,6 +54,8 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, mode):
     a = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "split" / "ckpt.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    p = run_script("train.py", "--init_from", "resume", "--max_iters", "3", "--out_dir", str(tmp_path / "split"), timeout=60)
+    assert "final:" in p.stdout  # a run already past max_iters evaluates once and stops
 
 
 def test_resume_refuses_a_checkpoint_that_does_not_match(tiny_ckpt, tmp_path):

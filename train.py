@@ -360,6 +360,11 @@ if ddp:  # every process should end with the same weights; check, then say so
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
     if master:
         print(f"ddp: largest weight difference between the {ddp_world_size} processes: {(hi - lo).max().item():.3g}")
+    # Tear down in order, while Python is still fully alive: the DDP wrapper holds a reference to the
+    # process group, so drop it first; the barrier keeps one process from closing its connections while
+    # another still uses them. Left to interpreter exit, gloo can abort ("terminate called ...").
+    del model
+    dist.barrier()
     dist.destroy_process_group()
 if master:
     line = f"final: clean val loss {final['val_loss']:.4f}"

@@ -17,6 +17,12 @@ Tasks
   The queried needle's depth (0 = start of the haystack, 1 = end) can be chosen.
 - "mix": the first half of each batch MQAR, the second half needle.
 
+Evaluation-only settings (compare.py sweeps them): needles at a chosen depth, several needles
+asked about at the end (`n_queries`, RULER's multi-query), more distractors or pairs than in
+training, shorter contexts, and "kv": lost-in-the-middle key-value retrieval (Liu et al. 2023), a
+block of pairs at the start, filler, and one question about the pair at a chosen position:
+      | K12 40 K3 7 K9 1 K5 22 ka lo mi ... se ? K9 1
+
 Why MQAR asks about every key many times: under the full-sequence loss a key's first occurrence
 is followed by a random value, so copying "the value after this key" is punished there and
 rewarded only at the queries. With one query per key the two nearly cancel, and in our pilots a
@@ -121,14 +127,15 @@ def mqar(rng, batch_size, seq_len, n_pairs):
     return _batch(seq, answer, np.full(batch_size, np.nan))
 
 
-def needle(rng, batch_size, seq_len, n_needles, depth=None):
-    """| haystack of filler with n_needles 'key value' needles, then '? key' -> value.
-    The first needle is the one asked about; depth (0..1) puts it after that share of the
-    filler, None draws it uniformly like the distractors."""
-    n = n_needles
-    F = seq_len + 1 - 1 - 2 * n - 3  # filler words: all but '|', the needles and '? key value'
-    if n < 1 or F < 0:
-        raise ValueError(f"needle: {n_needles} needles need seq_len >= {2 * n + 3} (block_size is {seq_len})")
+def needle(rng, batch_size, seq_len, n_needles, depth=None, n_queries=1):
+    """| haystack of filler with n_needles 'key value' needles, then '? key' -> value for each of
+    the first n_queries needles (the rest are distractors). depth (0..1) puts the first needle
+    after that share of the filler; None draws it uniformly like the others."""
+    n, q = n_needles, n_queries
+    F = seq_len + 1 - 1 - 2 * n - 3 * q  # filler words: all but '|', the needles and '? key value' x q
+    if n < 1 or not 1 <= q <= n or F < 0:
+        raise ValueError(f"needle: {n_needles} needles and {n_queries} queries (1 to n_needles) "
+                         f"need seq_len >= {2 * n + 3 * max(q, 1)} (block_size is {seq_len})")
     keys, values = _keys_values(rng, batch_size, n)
     gaps = rng.integers(0, F + 1, size=(batch_size, n))  # filler words before each needle
     if depth is not None:
@@ -141,11 +148,31 @@ def needle(rng, batch_size, seq_len, n_needles, depth=None):
     rows = np.arange(batch_size)[:, None]
     seq[:, 0] = BOS
     seq[rows, pos], seq[rows, pos + 1] = keys, values
-    seq[:, -3], seq[:, -2], seq[:, -1] = QUERY, keys[:, 0], values[:, 0]
+    tail = seq_len + 1 - 3 * q  # index of the first '?'
+    seq[:, tail::3], seq[:, tail + 1::3], seq[:, tail + 2::3] = QUERY, keys[:, :q], values[:, :q]
     seq[seq == -1] = filler(rng, batch_size, F).ravel()  # exactly F free slots per row, in order
     answer = np.zeros((batch_size, seq_len), dtype=bool)
-    answer[:, -1] = True
+    answer[:, tail + 1::3] = True  # x there is the asked key, y its value
     return _batch(seq, answer, gaps[:, 0] / max(F, 1))
+
+
+def kv(rng, batch_size, seq_len, n_pairs, position):
+    """Lost in the middle: | k1 v1 .. kn vn, filler, then '? key' -> value for the pair at
+    `position` (0 = first, n_pairs - 1 = last, nearest the question)."""
+    n = n_pairs
+    F = seq_len + 1 - 1 - 2 * n - 3
+    if n < 1 or F < 0 or not 0 <= position < n:
+        raise ValueError(f"kv: {n_pairs} pairs need seq_len >= {2 * n + 3} (block_size is {seq_len}) "
+                         f"and a position in 0..{n - 1} (got {position})")
+    keys, values = _keys_values(rng, batch_size, n)
+    seq = np.empty((batch_size, seq_len + 1), dtype=np.int64)
+    seq[:, 0] = BOS
+    seq[:, 1:1 + 2 * n:2], seq[:, 2:2 + 2 * n:2] = keys, values
+    seq[:, 1 + 2 * n:-3] = filler(rng, batch_size, F)
+    seq[:, -3], seq[:, -2], seq[:, -1] = QUERY, keys[:, position], values[:, position]
+    answer = np.zeros((batch_size, seq_len), dtype=bool)
+    answer[:, -1] = True
+    return _batch(seq, answer, np.full(batch_size, position / max(n - 1, 1)))
 
 
 def get_batch(task, rng, batch_size, seq_len, n_pairs=4, n_needles=4):
@@ -162,34 +189,35 @@ def get_batch(task, rng, batch_size, seq_len, n_pairs=4, n_needles=4):
 
 
 @torch.no_grad()
+def accuracy(model, make_batch, n_examples, batch_size=250, device="cpu"):
+    """Exact-match accuracy of the greedy next token at every answer position of
+    make_batch(b) (a Batch of b examples), over n_examples examples, on clean inputs.
+    model(x) returns logits (B, T, V), or a tuple starting with them."""
+    if n_examples < 1:
+        raise ValueError(f"accuracy needs at least one example, got n_examples={n_examples}")
+    out = []
+    for i in range(0, n_examples, batch_size):
+        b = make_batch(min(batch_size, n_examples - i))
+        logits = model(b.x.to(device))
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        out.append((logits.argmax(dim=-1).cpu() == b.y)[b.answer].float())
+    return torch.cat(out).mean().item()
+
+
 def evaluate(model, task, seq_len, n_pairs=4, n_needles=4, n_examples=500, seed=0,
              batch_size=250, device="cpu"):
-    """Exact-match accuracy of the greedy next token at every answer position, on clean inputs
-    from their own seed (use one no training stream uses). model(x) returns logits (B, T, V), or
-    a tuple starting with them. Returns a flat dict: 'acc' (the mean over tasks), 'acc_mqar',
-    'acc_needle' and 'acc_needle_d<depth>' for each depth in DEPTHS."""
+    """Retrieval accuracy on held-out examples from their own seed (use one no training stream
+    uses). Returns a flat dict: 'acc' (the mean over tasks), 'acc_mqar', 'acc_needle' and
+    'acc_needle_d<depth>' for each depth in DEPTHS."""
     rng = np.random.default_rng(seed)
-
-    def hits(batches):  # 1.0/0.0 per answer, over all batches
-        out = []
-        for b in batches:
-            logits = model(b.x.to(device))
-            logits = logits[0] if isinstance(logits, tuple) else logits
-            out.append((logits.argmax(dim=-1).cpu() == b.y)[b.answer].float())
-        return torch.cat(out)
-
-    def chunks(n):  # batch sizes adding up to n
-        return [min(batch_size, n - i) for i in range(0, n, batch_size)]
-
     res = {}
     if task in ("mqar", "mix"):
-        res["acc_mqar"] = hits(mqar(rng, b, seq_len, n_pairs) for b in chunks(n_examples)).mean().item()
+        res["acc_mqar"] = accuracy(model, lambda b: mqar(rng, b, seq_len, n_pairs), n_examples, batch_size, device)
     if task in ("needle", "mix"):
-        per_depth = [hits(needle(rng, b, seq_len, n_needles, d) for b in chunks(n_examples // len(DEPTHS)))
-                     for d in DEPTHS]
-        res["acc_needle"] = torch.cat(per_depth).mean().item()
-        for d, h in zip(DEPTHS, per_depth):
-            res[f"acc_needle_d{d:.2f}"] = h.mean().item()
+        for d in DEPTHS:
+            res[f"acc_needle_d{d:.2f}"] = accuracy(model, lambda b: needle(rng, b, seq_len, n_needles, d),
+                                                   max(1, n_examples // len(DEPTHS)), batch_size, device)
+        res["acc_needle"] = float(np.mean([res[f"acc_needle_d{d:.2f}"] for d in DEPTHS]))
     if not res:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
     res["acc"] = float(np.mean([res[k] for k in ("acc_mqar", "acc_needle") if k in res]))

@@ -55,6 +55,7 @@ n_embd = 128  # model width
 # MEAP (paper §3.1): the only two switches that separate MEAP from NTP
 mask_ratio = 0.15  # share of input positions replaced by [MASK]; 0 = plain next-token prediction
 mask_mode = "per_sequence"  # 'per_sequence', or 'shared': one set of columns per step (official code)
+mask_queries = False  # also let MEAP mask the retrieval queries (the paper masks text uniformly)
 # optimizer: AdamW, linear warm-up, cosine decay to min_lr (the paper: 4e-4 -> 4e-5, 10% warm-up)
 learning_rate = 3e-3  # peak; small models take a larger one than the paper's 4e-4
 max_iters = 2000  # optimizer steps
@@ -208,15 +209,16 @@ def to_device(*ts):
 
 def train_batch(it, micro):
     """The MEAP input: the clean batch with [MASK] at floor(T * mask_ratio) positions per
-    sequence (§3.1). Queries are never masked: the answer after a hidden query is noise no model
-    can learn. The targets y stay clean."""
+    sequence (§3.1). Queries are not masked unless mask_queries: the answer after a hidden query
+    is noise no model can learn. The targets y stay clean."""
     x, y, answer = get_batch("train", it, micro)
     g = torch.Generator()
     if mask_mode == "shared":
         g.manual_seed(50 + it % 51)  # the official code: one pattern per step, 51 patterns in all
     else:
         g.manual_seed(int(np.random.default_rng([seed, ddp_rank, it, micro, 1]).integers(2**62)))
-    x, _ = meap_inputs(x, mask_ratio, mask_token_id, mask_mode, exclude=answer, generator=g)
+    x, _ = meap_inputs(x, mask_ratio, mask_token_id, mask_mode, exclude=None if mask_queries else answer,
+                       generator=g)
     return to_device(x, y)
 
 

@@ -3,33 +3,7 @@ import pytest
 import torch
 
 import tasks
-
-
-def oracle_answers(x, answer):
-    """Brute force: for each answer position, find the query key's first occurrence (its
-    key-value pair or needle) and read the token after it."""
-    out = torch.full(x.shape, -1)
-    for b, t in answer.nonzero().tolist():
-        earlier = [s for s in range(t) if x[b, s] == x[b, t]]
-        assert earlier, "a query key must occur before its query"
-        out[b, t] = x[b, earlier[0] + 1]
-    return out
-
-
-def oracle_model(x):
-    """Logits that put all weight on the oracle's answer wherever x is a query, so evaluate()
-    must score 1.0."""
-    logits = torch.zeros(*x.shape, tasks.VOCAB_SIZE)
-    is_query = torch.zeros_like(x, dtype=torch.bool)
-    for b in range(x.shape[0]):  # a query key is a key seen before
-        seen = set()
-        for t, tok in enumerate(x[b].tolist()):
-            if tok in tasks.KEYS and tok in seen:
-                is_query[b, t] = True
-            seen.add(tok)
-    ans = oracle_answers(x, is_query)
-    logits[is_query, ans[is_query]] = 10.0
-    return logits
+from helpers import oracle_answers, oracle_model
 
 
 @pytest.mark.parametrize("task", tasks.TASKS)
@@ -55,6 +29,41 @@ def test_mqar_layout(T, n_queries):
     assert (b.answer.nonzero()[:, 1].view(8, -1)[:, -1] == T - 1).all()  # the last input is a query
     if T % 2:  # an odd length leaves one filler word between the pairs and the queries
         assert np.isin(b.x[:, 9].numpy(), tasks.FILLER).all()
+
+
+@pytest.mark.parametrize("T,n,q", [(32, 3, 1), (48, 4, 2), (64, 8, 8), (23, 4, 4)])
+def test_multi_query_needles_agree_with_the_oracle(T, n, q):
+    b = tasks.needle(np.random.default_rng(T), 16, T, n, depth=0.5, n_queries=q)
+    assert b.x.shape == (16, T) and (b.answer.sum(1) == q).all()
+    assert torch.equal(oracle_answers(b.x, b.answer)[b.answer], b.y[b.answer])
+    asked = b.x[b.answer].view(16, q)  # q distinct needles asked about, each after a '?'
+    assert all(len(set(r.tolist())) == q for r in asked)
+    assert (b.x[:, T + 1 - 3 * q::3] == tasks.QUERY).all()  # '? key value' x q closes the sequence
+    assert (b.x != -1).all() and (b.x < tasks.MASK_ID).all()
+
+
+@pytest.mark.parametrize("position", [0, 3, 7])
+def test_kv_asks_about_the_pair_at_the_requested_position(position):
+    T, n = 40, 8
+    b = tasks.kv(np.random.default_rng(position), 16, T, n, position)
+    assert (b.answer.sum(1) == 1).all() and b.answer[:, -1].all()
+    assert torch.equal(b.x[:, -1], b.x[:, 1 + 2 * position])  # the asked key is pair `position`
+    assert torch.equal(b.y[:, -1], b.x[:, 2 + 2 * position])  # and the answer its value
+    assert torch.equal(oracle_answers(b.x, b.answer)[b.answer], b.y[b.answer])
+    assert np.isin(b.x[:, 1 + 2 * n:-2].numpy(), tasks.FILLER).all()  # filler between pairs and '?'
+    with pytest.raises(ValueError, match="position in 0..7"):
+        tasks.kv(np.random.default_rng(0), 2, T, n, 8)
+
+
+def test_accuracy_counts_every_answer_over_uneven_batches():
+    calls = []
+
+    def make(b):
+        calls.append(b)
+        return tasks.needle(np.random.default_rng(len(calls)), b, 32, 3, n_queries=2)
+
+    assert tasks.accuracy(oracle_model, make, 25, batch_size=10) == 1.0
+    assert calls == [10, 10, 5]
 
 
 @pytest.mark.parametrize("depth", tasks.DEPTHS)
@@ -120,7 +129,7 @@ def test_evaluate_of_an_untrained_model_is_near_chance():
 def test_errors_are_clear():
     with pytest.raises(ValueError, match="seq_len >= 18"):
         tasks.mqar(np.random.default_rng(0), 2, 17, n_pairs=8)
-    with pytest.raises(ValueError, match="needles need"):
+    with pytest.raises(ValueError, match="needles and 1 queries"):
         tasks.needle(np.random.default_rng(0), 2, 10, n_needles=4)
     with pytest.raises(ValueError, match="unknown task"):
         tasks.get_batch("nope", np.random.default_rng(0), 2, 64)

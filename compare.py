@@ -1,0 +1,378 @@
+"""
+NTP vs MEAP, measured: train the same model over a grid of mask ratios and seeds, evaluate every
+checkpoint on clean held-out retrieval settings, and write a results table and plots.
+
+    python compare.py --preset cpu                  # the README's Results (~30 min on 2 CPU cores)
+    python compare.py --preset gpu                  # bigger model, longer contexts, one GPU
+    python compare.py --preset cpu --set n_layer=4  # any train.py setting, for every run
+    python compare.py --preset cpu --ratios 0,0.15 --seeds 1,2 --out results/try
+
+Every run of a grid differs from the NTP run of its seed only in mask_ratio: same weights at
+init, same data order, same steps (train.py seeds all of them from --seed). A run lives in
+OUT/runs/r<ratio>_s<seed>/; an interrupted grid resumes: finished runs are kept, a half-trained one
+continues from its last checkpoint (bit-exact), and only the missing work is done.
+
+What each checkpoint is asked (all on clean inputs, from a seed no training stream uses):
+- needle: the trained needle task at each depth (the depth curve) and at shorter contexts (the
+  length curve); with twice the distractors; with two needles asked about (multi-query).
+- mqar: the trained number of pairs, and twice as many (out of distribution).
+- kv: lost in the middle, twice the trained number of pairs, accuracy by the asked pair's position.
+- filler: the next-token loss on filler words minus its entropy floor (the "on par" check for
+  language modelling), and the clean val loss that train.py logged.
+- steps to 90%: the first evaluation at which train.py's retrieval accuracy reached 0.9.
+"""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+import numpy as np
+import torch
+
+import tasks
+from model import GPT, GPTConfig
+
+# train.py settings of each preset; every run of a grid gets them, plus --mask_ratio and --seed
+PRESETS = {
+    # the README's Results: 15 runs of ~3.5 minutes, two at a time on 2 CPU cores: ~30 minutes
+    "cpu": dict(train=dict(task="mix", block_size=64, batch_size=32, n_layer=2, n_head=4, n_kv_head=4,
+                           n_embd=128, n_pairs=4, n_needles=4, max_iters=1000, warmup_iters=100,
+                           eval_interval=100, eval_iters=5, eval_examples=200, device="cpu", dtype="float32"),
+                ratios=(0.0, 0.05, 0.10, 0.15, 0.20), seeds=(1, 2, 3), jobs=2, threads=1, examples=400),
+    # one GPU (not yet run on one: see the README): a 4-layer, 256-wide model on 1024-token
+    # contexts, 16 pairs and 8 needles; meant to take ~10 minutes on one H100
+    "gpu": dict(train=dict(task="mix", block_size=1024, batch_size=32, n_layer=4, n_head=8, n_kv_head=8,
+                           n_embd=256, n_pairs=16, n_needles=8, max_iters=1500, warmup_iters=150,
+                           eval_interval=100, eval_iters=5, eval_examples=200, device="auto"),
+                ratios=(0.0, 0.05, 0.10, 0.15, 0.20), seeds=(1, 2, 3), jobs=1, threads=0, examples=500),
+    # seconds: for the tests
+    "tiny": dict(train=dict(task="mix", block_size=32, batch_size=4, n_layer=1, n_head=2, n_kv_head=2,
+                            n_embd=32, n_pairs=2, n_needles=2, max_iters=6, warmup_iters=1,
+                            eval_interval=3, eval_iters=1, eval_examples=10, log_interval=1, device="cpu"),
+                ratios=(0.0, 0.15), seeds=(1, 2), jobs=1, threads=1, examples=20),
+}
+T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,  # Student t, 97.5%,
+       2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086]  # df = 1..20
+
+
+# -----------------------------------------------------------------------------
+# statistics
+
+def mean_sd(values):
+    """Mean and sample standard deviation (0 for a single value), ignoring NaNs."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def paired_ci(a, b):
+    """Mean of the paired differences a - b and the half-width of its 95% paired-t interval
+    (NaN with fewer than two pairs). Pairs with a NaN on either side are dropped."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    d = d[~np.isnan(d)]
+    if len(d) < 2:
+        return (float(d.mean()) if len(d) else float("nan")), float("nan")
+    t = T95[len(d) - 2] if len(d) - 1 <= len(T95) else 1.96
+    return float(d.mean()), float(t * d.std(ddof=1) / math.sqrt(len(d)))
+
+
+def steps_to(metrics, target=0.9, key="acc"):
+    """The first logged iteration at which metrics[key] >= target; NaN if never."""
+    for row in metrics:
+        if key in row and row[key] >= target:
+            return float(row["iter"])
+    return float("nan")
+
+
+# -----------------------------------------------------------------------------
+# the evaluation suite of one checkpoint
+
+def load_model(run_dir, device="cpu"):
+    ckpt = torch.load(os.path.join(run_dir, "ckpt.pt"), map_location="cpu", weights_only=False)
+    model = GPT(GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval().to(device), ckpt["config"], ckpt["iter_num"]
+
+
+def lengths_of(T):
+    """Context lengths of the length curve: a quarter, half and all of the trained block."""
+    return sorted({max(T // 4, 16), max(T // 2, 16), T})
+
+
+@torch.no_grad()
+def suite(model, cfg, n_examples=400, seed=(2**31, 7), device="cpu"):
+    """Accuracy of a trained model on every held-out setting (see the module docstring), as a
+    flat dict of floats. cfg holds train.py's block_size, n_pairs and n_needles."""
+    T, P, N = cfg["block_size"], cfg["n_pairs"], cfg["n_needles"]
+    rng = np.random.default_rng(list(seed))
+
+    def acc(make):
+        return tasks.accuracy(model, make, n_examples, batch_size=100, device=device)
+
+    res = {}
+    for d in tasks.DEPTHS:
+        res[f"needle_d{d:.2f}"] = acc(lambda b: tasks.needle(rng, b, T, N, depth=d))
+    res["needle"] = float(np.mean([res[f"needle_d{d:.2f}"] for d in tasks.DEPTHS]))
+    for L in lengths_of(T):
+        res[f"needle_L{L}"] = acc(lambda b: tasks.needle(rng, b, L, N))
+    res["needle_2x"] = acc(lambda b: tasks.needle(rng, b, T, 2 * N))
+    res["needle_mq"] = acc(lambda b: tasks.needle(rng, b, T, N, n_queries=2))
+    res["mqar"] = acc(lambda b: tasks.mqar(rng, b, T, P))
+    res["mqar_2x"] = acc(lambda b: tasks.mqar(rng, b, T, 2 * P))
+    for i in range(2 * N):
+        res[f"kv_p{i}"] = acc(lambda b: tasks.kv(rng, b, T, 2 * N, i))
+    res["kv"] = float(np.mean([res[f"kv_p{i}"] for i in range(2 * N)]))
+
+    # language modelling on the filler: next-token loss where a filler word follows a filler word
+    b = tasks.needle(rng, n_examples, T, N)
+    logits = model(b.x.to(device))
+    logits = (logits[0] if isinstance(logits, tuple) else logits).float().cpu()  # (B, T, V)
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), b.y, reduction="none")  # (B, T)
+    lm = torch.from_numpy(np.isin(b.x.numpy(), tasks.FILLER) & np.isin(b.y.numpy(), tasks.FILLER))
+    res["filler_excess"] = nll[lm].mean().item() - tasks.FILLER_ENTROPY
+    return res
+
+
+# -----------------------------------------------------------------------------
+# the grid
+
+def run_name(ratio, seed):
+    return f"r{ratio:.2f}_s{seed}"
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_json(path, obj):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)  # atomic: a half-written result is never read as finished
+
+
+def train_cmd(run_dir, ratio, seed, settings):
+    """The train.py command of one run; resumes when the run has a checkpoint."""
+    cmd = [sys.executable, "train.py", "--out_dir", run_dir, "--mask_ratio", str(ratio), "--seed", str(seed)]
+    cmd += [f"--{k}={v}" for k, v in settings.items()]
+    if os.path.exists(os.path.join(run_dir, "ckpt.pt")):
+        cmd += ["--init_from", "resume"]
+    return cmd
+
+
+def do_run(run_dir, ratio, seed, settings, threads, examples):
+    """Train (or finish training) one run, then evaluate it; writes run_dir/suite.json."""
+    run_dir = os.path.abspath(run_dir)  # train.py runs from the repository, wherever we were called
+    os.makedirs(run_dir, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)  # two 1-thread runs on 2 cores beat one 2-thread run
+    _, _, done_iters = load_model(run_dir) if os.path.exists(os.path.join(run_dir, "ckpt.pt")) else (0, 0, -1)
+    if done_iters < int(settings["max_iters"]):
+        with open(os.path.join(run_dir, "train.log"), "a") as log:
+            p = subprocess.run(train_cmd(run_dir, ratio, seed, settings), stdout=log, stderr=subprocess.STDOUT,
+                               env=env, cwd=os.path.dirname(os.path.abspath(__file__)))
+        if p.returncode != 0:
+            raise RuntimeError(f"train.py failed for {run_dir}; see {run_dir}/train.log")
+    if threads:
+        torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() and str(settings.get("device", "auto")).startswith(("auto", "cuda")) \
+        else "cpu"
+    model, cfg, _ = load_model(run_dir, device)
+    res = suite(model, cfg, examples, device=device)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        metrics = [json.loads(line) for line in f]
+    evals = [m for m in metrics if "val_loss" in m]
+    res["val_loss"] = evals[-1]["val_loss"]
+    res["steps_to_90"] = steps_to(evals, 0.9)
+    res["curve"] = [[m["iter"], m.get("acc", float("nan"))] for m in evals]
+    write_json(os.path.join(run_dir, "suite.json"), res)
+    return res
+
+
+def run_grid(out, ratios, seeds, settings, jobs=1, threads=1, examples=400):
+    """Run every (ratio, seed) without a suite.json, `jobs` at a time, with a progress line per
+    finished run; return {(ratio, seed): suite dict}."""
+    todo, results = [], {}
+    for seed in seeds:
+        for r in ratios:
+            path = os.path.join(out, "runs", run_name(r, seed))
+            if os.path.exists(os.path.join(path, "suite.json")):
+                results[(r, seed)] = read_json(os.path.join(path, "suite.json"))
+            else:
+                todo.append((r, seed, path))
+    if results:
+        print(f"reusing {len(results)} finished run(s) in {out}/runs")
+    t0, n_done = time.time(), 0
+
+    def one(job):
+        r, seed, path = job
+        t = time.time()
+        res = do_run(path, r, seed, settings, threads, examples)
+        return r, seed, res, time.time() - t
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for future in as_completed([pool.submit(one, job) for job in todo]):
+            try:
+                r, seed, res, dt = future.result()
+            except RuntimeError as e:  # a failed run: start no more, say which and where its log is
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise SystemExit(f"error: {e}")
+            results[(r, seed)] = res
+            n_done += 1
+            eta = (time.time() - t0) / n_done * (len(todo) - n_done)
+            print(f"[{n_done}/{len(todo)}] mask_ratio {r:.2f} seed {seed}: needle {res['needle']:.3f} "
+                  f"mqar {res['mqar']:.3f} mqar_2x {res['mqar_2x']:.3f} kv {res['kv']:.3f} | "
+                  f"{dt / 60:.1f} min | grid eta {eta / 60:.1f} min", flush=True)
+    return results
+
+
+# -----------------------------------------------------------------------------
+# the report
+
+COLUMNS = [  # (suite key, column title, format)
+    ("needle", "needle", "{:.3f}"),
+    ("needle_2x", "needle, 2x distractors", "{:.3f}"),
+    ("needle_mq", "needle, 2 queries", "{:.3f}"),
+    ("mqar", "MQAR", "{:.3f}"),
+    ("mqar_2x", "MQAR, 2x pairs (OOD)", "{:.3f}"),
+    ("kv", "kv, 2x pairs (LitM)", "{:.3f}"),
+    ("filler_excess", "filler loss - floor", "{:.4f}"),
+    ("val_loss", "val loss", "{:.4f}"),
+    ("steps_to_90", "steps to 90%", "{:.0f}"),
+]
+
+
+def table(results, ratios, seeds):
+    """Markdown: mean ± sd over seeds per mask ratio, then MEAP - NTP paired by seed with a 95%
+    paired-t interval."""
+    def vals(r, key):
+        return [results[(r, s)][key] for s in seeds]
+
+    head = "| mask_ratio | " + " | ".join(c[1] for c in COLUMNS) + " |\n" + "|---" * (len(COLUMNS) + 1) + "|\n"
+    lines = ["Mean ± sd over seeds " + ", ".join(map(str, seeds)) + ".\n", head]
+    for r in ratios:
+        cells = []
+        for key, _, fmt in COLUMNS:
+            m, sd = mean_sd(vals(r, key))
+            n_nan = int(np.isnan(vals(r, key)).sum())
+            if n_nan == len(seeds):
+                cells.append("never")
+                continue
+            cells.append(f"{fmt.format(m)} ± {fmt.format(sd)}" + (f" ({n_nan} never)" if n_nan else ""))
+        lines.append(f"| {r:.2f}{' (NTP)' if r == 0 else ''} | " + " | ".join(cells) + " |\n")
+    if 0.0 in ratios and len(ratios) > 1:
+        lines += ["\nMEAP - NTP, paired by seed: mean [95% paired-t interval].\n", head]
+        for r in ratios:
+            if r == 0:
+                continue
+            cells = []
+            for key, _, fmt in COLUMNS:
+                d, h = paired_ci(vals(r, key), vals(0.0, key))
+                cells.append(f"{fmt.format(d)} [{fmt.format(d - h)}, {fmt.format(d + h)}]" if not math.isnan(h)
+                             else fmt.format(d))
+            lines.append(f"| {r:.2f} | " + " | ".join(cells) + " |\n")
+    return "".join(lines).replace("nan", "n/a")
+
+
+def plots(results, ratios, seeds, cfg, path):
+    """One PNG: accuracy by needle depth, by context length, by kv position, and over training."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    T, N = cfg["block_size"], cfg["n_needles"]
+    panels = [("needle accuracy by depth", "depth of the asked needle", list(tasks.DEPTHS),
+               [f"needle_d{d:.2f}" for d in tasks.DEPTHS]),
+              ("needle accuracy by context length", "context length (tokens)", lengths_of(T),
+               [f"needle_L{L}" for L in lengths_of(T)]),
+              (f"lost in the middle: kv with {2 * N} pairs", "position of the asked pair", list(range(1, 2 * N + 1)),
+               [f"kv_p{i}" for i in range(2 * N)])]
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(ratios)))
+    for ax, (title, xlabel, xs, keys) in zip(axes, panels):
+        for r, c in zip(ratios, colors):
+            m = np.array([[results[(r, s)][k] for k in keys] for s in seeds])  # (seeds, points)
+            ax.errorbar(xs, m.mean(0), yerr=m.std(0), color=c, marker="o", capsize=3,
+                        label="NTP" if r == 0 else f"MEAP {r:.2f}")
+        ax.axhline(1 / len(tasks.VALUES), color="gray", ls=":", label="chance (an untrained model)")
+        ax.set(title=title, xlabel=xlabel, ylabel="exact-match accuracy", ylim=(-0.02, 1.02))
+    ax = axes[3]
+    for r, c in zip(ratios, colors):
+        curves = np.array([results[(r, s)]["curve"] for s in seeds])  # (seeds, evals, 2)
+        ax.plot(curves[0, :, 0], curves[:, :, 1].mean(0), color=c, label="NTP" if r == 0 else f"MEAP {r:.2f}")
+    ax.set(title="retrieval accuracy during training", xlabel="step", ylabel="accuracy (mean over seeds)",
+           ylim=(-0.02, 1.02))
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# -----------------------------------------------------------------------------
+
+def parse_list(text, kind):
+    try:
+        return tuple(kind(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"error: cannot read {text!r} as a comma-separated list of {kind.__name__}s")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="NTP vs MEAP over mask ratios and seeds (see the docstring).")
+    ap.add_argument("--preset", default="cpu", help=f"one of {', '.join(PRESETS)}")
+    ap.add_argument("--out", default=None, help="results folder (default results/PRESET)")
+    ap.add_argument("--ratios", default=None, help="comma-separated mask ratios; 0 (NTP) is the baseline")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds")
+    ap.add_argument("--jobs", type=int, default=None, help="runs at a time")
+    ap.add_argument("--examples", type=int, default=None, help="held-out examples per evaluation setting")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.py settings for every run")
+    ap.error = lambda msg: sys.exit(f"error: {msg} (python compare.py --help lists the options)")
+    args = ap.parse_args(argv)
+    if args.preset not in PRESETS:
+        raise SystemExit(f"error: unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    p = PRESETS[args.preset]
+    settings = dict(p["train"])
+    for kv in args.set:
+        if "=" not in kv:
+            raise SystemExit(f"error: --set takes KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        if k in ("mask_ratio", "seed", "out_dir", "init_from"):
+            raise SystemExit(f"error: --set {k} is chosen by the grid; use --ratios/--seeds/--out")
+        settings[k] = v
+    ratios = parse_list(args.ratios, float) if args.ratios else p["ratios"]
+    seeds = parse_list(args.seeds, int) if args.seeds else p["seeds"]
+    out = args.out or os.path.join("results", args.preset)
+    jobs = args.jobs or p["jobs"]
+    examples = args.examples or p["examples"]
+    os.makedirs(out, exist_ok=True)
+    # a grid folder holds one configuration: refuse to mix runs trained with other settings
+    cfg_path = os.path.join(out, "grid.json")
+    grid = {"settings": {k: str(v) for k, v in settings.items()}, "examples": examples}
+    if os.path.exists(cfg_path) and read_json(cfg_path) != grid:
+        raise SystemExit(f"error: {out} holds a grid with other settings ({cfg_path}); use a new --out")
+    write_json(cfg_path, grid)
+
+    n = len(ratios) * len(seeds)
+    print(f"compare: {n} runs ({len(ratios)} mask ratios x {len(seeds)} seeds), {jobs} at a time, in {out}")
+    t0 = time.time()
+    results = run_grid(out, ratios, seeds, settings, jobs, p["threads"], examples)
+    cfg = read_json(os.path.join(out, "grid.json"))["settings"]
+    cfg = {k: int(cfg[k]) for k in ("block_size", "n_pairs", "n_needles")}
+    md = table(results, ratios, seeds)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(f"`python compare.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n" + md)
+    plots(results, ratios, seeds, cfg, os.path.join(out, "results.png"))
+    print(md)
+    print(f"wrote {out}/results.md and {out}/results.png | {(time.time() - t0) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import compare
+import tasks
+from helpers import oracle_model, run_script
+
+
+def test_mean_sd_and_paired_ci_against_hand_computed_values():
+    assert compare.mean_sd([1, 2, 3]) == (2.0, 1.0)
+    assert compare.mean_sd([5]) == (5.0, 0.0)
+    m, sd = compare.mean_sd([1, float("nan"), 3])
+    assert (m, sd) == (2.0, pytest.approx(math.sqrt(2)))
+    # differences 1, 2, 3: mean 2, sd 1, t(2 df) = 4.303, half-width 4.303 / sqrt(3)
+    d, h = compare.paired_ci([2, 4, 6], [1, 2, 3])
+    assert d == 2.0 and h == pytest.approx(4.303 / math.sqrt(3))
+    # ten pairs: t(9 df) = 2.262
+    a, b = np.arange(10.0), np.zeros(10)
+    d, h = compare.paired_ci(a, b)
+    assert d == 4.5 and h == pytest.approx(2.262 * a.std(ddof=1) / math.sqrt(10))
+    # identical runs: no difference and no spread; a single pair has no interval
+    assert compare.paired_ci([0.5, 0.7], [0.5, 0.7]) == (0.0, 0.0)
+    d, h = compare.paired_ci([1.0], [0.0])
+    assert d == 1.0 and math.isnan(h)
+
+
+def test_steps_to_reads_the_first_evaluation_over_the_target():
+    rows = [{"iter": 0, "acc": 0.0}, {"iter": 100, "lr": 1.0}, {"iter": 200, "acc": 0.95}, {"iter": 300, "acc": 0.5}]
+    assert compare.steps_to(rows, 0.9) == 200
+    assert math.isnan(compare.steps_to(rows, 0.99))
+
+
+def test_suite_scores_an_oracle_1_everywhere():
+    cfg = {"block_size": 48, "n_pairs": 3, "n_needles": 3}
+    res = compare.suite(oracle_model, cfg, n_examples=30)
+    accs = {k: v for k, v in res.items() if k != "filler_excess"}
+    assert set(accs) >= {"needle", "needle_2x", "needle_mq", "mqar", "mqar_2x", "kv", "kv_p5", "needle_L16"}
+    assert all(v == 1.0 for v in accs.values()), accs
+
+
+def test_filler_loss_of_the_true_bigram_model_sits_on_the_entropy_floor():
+    ring_pos = {int(tasks.FILLER[w]): s for s, w in enumerate(tasks.RING)}  # token -> ring position
+
+    def bigram_model(x):  # log-probabilities of the filler language wherever x is a filler word
+        logits = torch.full((*x.shape, tasks.VOCAB_SIZE), -30.0)
+        for (b, t), tok in np.ndenumerate(x.numpy()):
+            if tok in ring_pos:
+                for step, p in zip(tasks.STEPS, tasks.STEP_PROBS):
+                    nxt = tasks.FILLER[tasks.RING[(ring_pos[tok] + step) % len(tasks.RING)]]
+                    logits[b, t, nxt] = math.log(p)
+        return logits
+
+    cfg = {"block_size": 64, "n_pairs": 2, "n_needles": 2}
+    res = compare.suite(bigram_model, cfg, n_examples=200)
+    assert abs(res["filler_excess"]) < 0.02  # ~10k filler transitions: the sample entropy is close
+
+
+def test_grid_runs_resumes_and_reports(tmp_path):
+    out = str(tmp_path / "grid")
+    p = run_script("compare.py", "--preset", "tiny", "--out", out)
+    assert "[4/4]" in p.stdout and "grid eta" in p.stdout
+    md = open(os.path.join(out, "results.md")).read()
+    assert "| 0.00 (NTP) |" in md and "| 0.15 |" in md and "MEAP - NTP" in md
+    assert os.path.getsize(os.path.join(out, "results.png")) > 10_000
+    runs = sorted(os.listdir(os.path.join(out, "runs")))
+    assert runs == ["r0.00_s1", "r0.00_s2", "r0.15_s1", "r0.15_s2"]
+    # the NTP and MEAP runs of a seed differ only in mask_ratio
+    cfg = {r: torch.load(os.path.join(out, "runs", r, "ckpt.pt"), weights_only=False)["config"] for r in runs}
+    assert {k: v for k, v in cfg["r0.00_s1"].items() if k not in ("mask_ratio", "out_dir")} == \
+           {k: v for k, v in cfg["r0.15_s1"].items() if k not in ("mask_ratio", "out_dir")}
+
+    # a finished grid is reused as it is
+    p = run_script("compare.py", "--preset", "tiny", "--out", out)
+    assert "reusing 4 finished run(s)" in p.stdout and "[1/" not in p.stdout
+
+    # a run interrupted half-way resumes from its checkpoint and ends exactly where it would have
+    run = os.path.join(out, "runs", "r0.15_s1")
+    before = json.load(open(os.path.join(run, "suite.json")))
+    shutil.rmtree(run)
+    settings = compare.PRESETS["tiny"]["train"]  # stop at 3 of 6 steps, on the 6-step lr schedule
+    cmd = compare.train_cmd(run, 0.15, 1, dict(settings, max_iters=3, lr_decay_iters=6))
+    run_script(*cmd[1:])
+    p = run_script("compare.py", "--preset", "tiny", "--out", out)
+    assert "reusing 3 finished run(s)" in p.stdout and "[1/1]" in p.stdout
+    assert "resuming from" in open(os.path.join(run, "train.log")).read()
+    assert json.load(open(os.path.join(run, "suite.json"))) == before
+
+
+def test_bad_input_is_one_clear_line(tmp_path):
+    out = str(tmp_path / "g")
+    for args, msg in [(["--preset", "huge"], "unknown preset 'huge'; choose one of cpu, gpu, tiny"),
+                      (["--set", "mask_ratio=0.1"], "--set mask_ratio is chosen by the grid"),
+                      (["--set", "n_layer"], "--set takes KEY=VALUE"),
+                      (["--ratios", "0,x"], "cannot read '0,x' as a comma-separated list of floats"),
+                      (["--epochs", "3"], "unrecognized arguments: --epochs 3")]:
+        p = run_script("compare.py", *args, "--out", out, check=False)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode != 0 and len(lines) == 1 and lines[0].startswith(f"error: {msg}"), p.stderr
+    # a run that fails stops the grid with one line naming its log
+    p = run_script("compare.py", "--preset", "tiny", "--out", str(tmp_path / "bad"), "--set", "n_head=3", check=False)
+    assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith("error: train.py failed for")
+    assert "train.log" in p.stderr
+    # a folder keeps one configuration
+    run_script("compare.py", "--preset", "tiny", "--out", out, "--ratios", "0", "--seeds", "1")
+    p = run_script("compare.py", "--preset", "tiny", "--out", out, "--set", "n_embd=64", check=False)
+    assert p.returncode != 0 and "holds a grid with other settings" in p.stderr
+
+
+@pytest.mark.parametrize("preset", sorted(compare.PRESETS))
+def test_every_preset_makes_valid_evaluation_settings(preset):
+    cfg = compare.PRESETS[preset]["train"]
+    res = compare.suite(oracle_model, cfg, n_examples=2)
+    assert res["needle"] == res["mqar_2x"] == res["kv"] == 1.0
+
+
+def test_gpu_preset_trains_at_a_tiny_width_on_cpu(tmp_path):
+    # the GPU preset's contexts, pairs and needles, on a model small enough for a CPU test
+    tiny = ["n_layer=1", "n_head=2", "n_kv_head=2", "n_embd=32", "batch_size=2", "max_iters=2",
+            "eval_interval=2", "eval_iters=1", "eval_examples=4", "device=cpu"]
+    p = run_script("compare.py", "--preset", "gpu", "--ratios", "0,0.15", "--seeds", "1", "--examples", "4",
+                   "--out", str(tmp_path), "--set", *tiny)
+    assert "[2/2]" in p.stdout and os.path.exists(tmp_path / "results.png")

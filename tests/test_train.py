@@ -42,6 +42,17 @@ def test_ntp_and_meap_differ_only_in_the_inputs(tmp_path):
     assert runs["0"][0][0] != runs["0.3"][0][0]
 
 
+def test_mask_queries_changes_which_inputs_are_masked(tmp_path):
+    """By default the retrieval queries are spared; --mask_queries true lets MEAP hide them too,
+    so the same seed and ratio give different masked inputs and a different first loss."""
+    losses = {}
+    for flag in ("false", "true"):
+        run_script("train.py", *TINY, "--task", "mqar", "--max_iters", "1", "--eval_interval", "1",
+                   "--mask_ratio", "0.5", "--mask_queries", flag, "--out_dir", str(tmp_path / flag))
+        losses[flag] = metrics(tmp_path / flag)[0][0]
+    assert losses["false"] != losses["true"]
+
+
 @pytest.mark.parametrize("mode", ["per_sequence", "shared"])
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, mode):
     common = [*TINY, "--mask_mode", mode, "--warmup_iters", "2", "--lr_decay_iters", "10", "--eval_interval", "5"]

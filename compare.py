@@ -2,7 +2,7 @@
 NTP vs MEAP, measured: train the same model over a grid of mask ratios and seeds, evaluate every
 checkpoint on clean held-out retrieval settings, and write a results table and plots.
 
-    python compare.py --preset cpu                  # the README's Results (~30 min on 2 CPU cores)
+    python compare.py --preset cpu                  # the README's Results (24 min on 2 CPU cores)
     python compare.py --preset gpu                  # bigger model, longer contexts, one GPU
     python compare.py --preset cpu --set n_layer=4  # any train.py setting, for every run
     python compare.py --preset cpu --ratios 0,0.15 --seeds 1,2 --out results/try
@@ -39,7 +39,7 @@ from model import GPT, GPTConfig
 
 # train.py settings of each preset; every run of a grid gets them, plus --mask_ratio and --seed
 PRESETS = {
-    # the README's Results: 15 runs of ~3.5 minutes, two at a time on 2 CPU cores: ~30 minutes
+    # the README's Results: 15 runs of ~3 minutes, two at a time on 2 CPU cores: 24 minutes
     "cpu": dict(train=dict(task="mix", block_size=64, batch_size=32, n_layer=2, n_head=4, n_kv_head=4,
                            n_embd=128, n_pairs=4, n_needles=4, max_iters=1000, warmup_iters=100,
                            eval_interval=100, eval_iters=5, eval_examples=200, device="cpu", dtype="float32"),
@@ -279,6 +279,18 @@ def table(results, ratios, seeds):
                 cells.append(f"{fmt.format(d)} [{fmt.format(d - h)}, {fmt.format(d + h)}]" if not math.isnan(h)
                              else fmt.format(d))
             lines.append(f"| {r:.2f} | " + " | ".join(cells) + " |\n")
+    # the curves behind the plots, as numbers: accuracy by needle depth and by kv position
+    some = results[(ratios[0], seeds[0])]
+    for title, keys, names in [("needle accuracy by depth of the asked needle",
+                                [f"needle_d{d:.2f}" for d in tasks.DEPTHS], [f"{d:.2f}" for d in tasks.DEPTHS]),
+                               ("kv (lost in the middle) accuracy by position of the asked pair",
+                                sorted((k for k in some if k.startswith("kv_p")), key=lambda k: int(k[4:])),
+                                None)]:
+        names = names or [str(int(k[4:]) + 1) for k in keys]
+        lines += [f"\n{title}, mean over seeds.\n", "| mask_ratio | " + " | ".join(names) + " |\n",
+                  "|---" * (len(keys) + 1) + "|\n"]
+        for r in ratios:
+            lines.append(f"| {r:.2f} | " + " | ".join(f"{mean_sd(vals(r, k))[0]:.3f}" for k in keys) + " |\n")
     return "".join(lines).replace("nan", "n/a")
 
 

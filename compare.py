@@ -95,6 +95,7 @@ def steps_to(metrics, target=0.9, key="acc"):
 # the evaluation suite of one checkpoint
 
 def load_model(run_dir, device="cpu"):
+    """The model of run_dir/ckpt.pt in eval mode, its train.py settings and its step."""
     ckpt = torch.load(os.path.join(run_dir, "ckpt.pt"), map_location="cpu", weights_only=False)
     model = GPT(GPTConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])

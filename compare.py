@@ -377,8 +377,7 @@ def main(argv=None):
     print(f"compare: {n} runs ({len(ratios)} mask ratios x {len(seeds)} seeds), {jobs} at a time, in {out}")
     t0 = time.time()
     results = run_grid(out, ratios, seeds, settings, jobs, p["threads"], examples)
-    cfg = read_json(os.path.join(out, "grid.json"))["settings"]
-    cfg = {k: int(cfg[k]) for k in ("block_size", "n_pairs", "n_needles")}
+    cfg = {k: int(settings[k]) for k in ("block_size", "n_pairs", "n_needles")}  # what the plots need
     md = table(results, ratios, seeds)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(f"`python compare.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n" + md)

@@ -219,7 +219,7 @@ def run_grid(out, ratios, seeds, settings, jobs=1, threads=1, examples=400):
         res = do_run(path, r, seed, settings, threads, examples)
         return r, seed, res, time.time() - t
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
         for future in as_completed([pool.submit(one, job) for job in todo]):
             try:
                 r, seed, res, dt = future.result()
@@ -363,8 +363,10 @@ def main(argv=None):
     ratios = parse_list(args.ratios, float) if args.ratios else p["ratios"]
     seeds = parse_list(args.seeds, int) if args.seeds else p["seeds"]
     out = args.out or os.path.join("results", args.preset)
-    jobs = args.jobs or p["jobs"]
-    examples = args.examples or p["examples"]
+    jobs = p["jobs"] if args.jobs is None else args.jobs
+    examples = p["examples"] if args.examples is None else args.examples
+    if jobs < 1 or examples < 1:
+        raise SystemExit(f"error: --jobs and --examples must be at least 1 (got {jobs} and {examples})")
     os.makedirs(out, exist_ok=True)
     # a grid folder holds one configuration: refuse to mix runs trained with other settings
     cfg_path = os.path.join(out, "grid.json")

@@ -98,7 +98,8 @@ def test_bad_input_is_one_clear_line(tmp_path):
                       (["--set", "mask_ratio=0.1"], "--set mask_ratio is chosen by the grid"),
                       (["--set", "n_layer"], "--set takes KEY=VALUE"),
                       (["--ratios", "0,x"], "cannot read '0,x' as a comma-separated list of floats"),
-                      (["--epochs", "3"], "unrecognized arguments: --epochs 3")]:
+                      (["--epochs", "3"], "unrecognized arguments: --epochs 3"),
+                      (["--examples", "0"], "--jobs and --examples must be at least 1")]:
         p = run_script("compare.py", *args, "--out", out, check=False)
         lines = p.stderr.strip().splitlines()
         assert p.returncode != 0 and len(lines) == 1 and lines[0].startswith(f"error: {msg}"), p.stderr

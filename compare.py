@@ -251,35 +251,47 @@ COLUMNS = [  # (suite key, column title, format)
 ]
 
 
-def table(results, ratios, seeds):
-    """Markdown: mean ± sd over seeds per mask ratio, then MEAP - NTP paired by seed with a 95%
-    paired-t interval."""
+def summary(results, ratios, seeds, columns, names=None):
+    """Markdown: mean ± sd over seeds per mask ratio of each (key, title, format) column, then
+    MEAP - NTP paired by seed with a 95% paired-t interval (when ratio 0 is in the grid). names
+    optionally maps a ratio (any key of results) to its row label."""
     def vals(r, key):
         return [results[(r, s)][key] for s in seeds]
 
-    head = "| mask_ratio | " + " | ".join(c[1] for c in COLUMNS) + " |\n" + "|---" * (len(COLUMNS) + 1) + "|\n"
+    head = "| mask_ratio | " + " | ".join(c[1] for c in columns) + " |\n" + "|---" * (len(columns) + 1) + "|\n"
     lines = ["Mean ± sd over seeds " + ", ".join(map(str, seeds)) + ".\n", head]
     for r in ratios:
         cells = []
-        for key, _, fmt in COLUMNS:
+        for key, _, fmt in columns:
             m, sd = mean_sd(vals(r, key))
             n_nan = int(np.isnan(vals(r, key)).sum())
             if n_nan == len(seeds):
                 cells.append("never")
                 continue
-            cells.append(f"{fmt.format(m)} ± {fmt.format(sd)}" + (f" ({n_nan} never)" if n_nan else ""))
-        lines.append(f"| {r:.2f}{' (NTP)' if r == 0 else ''} | " + " | ".join(cells) + " |\n")
+            sd_fmt = fmt.replace("+", "")  # a spread has no sign
+            cells.append(f"{fmt.format(m)} ± {sd_fmt.format(sd)}" + (f" ({n_nan} never)" if n_nan else ""))
+        name = (names or {}).get(r) or f"{r:.2f}{' (NTP)' if r == 0 else ''}"
+        lines.append(f"| {name} | " + " | ".join(cells) + " |\n")
     if 0.0 in ratios and len(ratios) > 1:
         lines += ["\nMEAP - NTP, paired by seed: mean [95% paired-t interval].\n", head]
         for r in ratios:
             if r == 0:
                 continue
             cells = []
-            for key, _, fmt in COLUMNS:
+            for key, _, fmt in columns:
                 d, h = paired_ci(vals(r, key), vals(0.0, key))
                 cells.append(f"{fmt.format(d)} [{fmt.format(d - h)}, {fmt.format(d + h)}]" if not math.isnan(h)
                              else fmt.format(d))
             lines.append(f"| {r:.2f} | " + " | ".join(cells) + " |\n")
+    return "".join(lines).replace("nan", "n/a")
+
+
+def table(results, ratios, seeds):
+    """The report: summary() of COLUMNS, then accuracy by needle depth and by kv position."""
+    def vals(r, key):
+        return [results[(r, s)][key] for s in seeds]
+
+    lines = [summary(results, ratios, seeds, COLUMNS)]
     # the curves behind the plots, as numbers: accuracy by needle depth and by kv position
     some = results[(ratios[0], seeds[0])]
     for title, keys, names in [("needle accuracy by depth of the asked needle",
@@ -295,11 +307,12 @@ def table(results, ratios, seeds):
     return "".join(lines).replace("nan", "n/a")
 
 
-def plots(results, ratios, seeds, cfg, path):
-    """One PNG: accuracy by needle depth, by context length, by kv position, and over training."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def figure(results, ratios, seeds, cfg):
+    """A matplotlib Figure of four panels: accuracy by needle depth, by context length, by kv
+    position, and over training. Built without pyplot, so it needs no display (a notebook shows it
+    with display(fig))."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     T, N = cfg["block_size"], cfg["n_needles"]
     panels = [("needle accuracy by depth", "depth of the asked needle", list(tasks.DEPTHS),
@@ -308,8 +321,9 @@ def plots(results, ratios, seeds, cfg, path):
                [f"needle_L{L}" for L in lengths_of(T)]),
               (f"lost in the middle: kv with {2 * N} pairs", "position of the asked pair", list(range(1, 2 * N + 1)),
                [f"kv_p{i}" for i in range(2 * N)])]
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
-    colors = plt.cm.viridis(np.linspace(0, 0.9, len(ratios)))
+    fig = Figure(figsize=(20, 4.2))
+    axes = fig.subplots(1, 4)
+    colors = colormaps["viridis"](np.linspace(0, 0.9, len(ratios)))
     for ax, (title, xlabel, xs, keys) in zip(axes, panels):
         for r, c in zip(ratios, colors):
             m = np.array([[results[(r, s)][k] for k in keys] for s in seeds])  # (seeds, points)
@@ -325,8 +339,12 @@ def plots(results, ratios, seeds, cfg, path):
            ylim=(-0.02, 1.02))
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return fig
+
+
+def plots(results, ratios, seeds, cfg, path):
+    """figure() as a PNG at path."""
+    figure(results, ratios, seeds, cfg).savefig(path, dpi=90)
 
 
 # -----------------------------------------------------------------------------

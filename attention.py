@@ -22,7 +22,6 @@ path returns them (GPT.forward(..., return_attn=True)); causal rows see keys 0..
 """
 
 import argparse
-import math
 import os
 import re
 import sys

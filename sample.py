@@ -11,7 +11,6 @@ one. [MASK] and the vocabulary padding are never sampled.
 """
 
 import os
-import pickle
 import sys
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 
 import configurator
 import tasks
+import tokenizer
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -58,15 +58,12 @@ torch.manual_seed(seed)
 # the tokenizer the checkpoint was trained with
 if meta["kind"] == "synthetic":
     encode, decode = tasks.encode, tasks.decode
-elif "stoi" in meta:  # a character-level dataset
-    stoi, itos = meta["stoi"], meta["itos"]
-    encode = lambda s: [stoi[c] for c in s if c in stoi]
-    decode = lambda ids: "".join(itos[i] for i in ids)
-else:  # GPT-2 BPE
-    import tiktoken
-    enc = tiktoken.get_encoding("gpt2")
-    encode = lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})
-    decode = lambda ids: enc.decode(ids)
+else:  # a text dataset: GPT-2 BPE, bytes, or nanoGPT's characters (tokenizer.py)
+    try:
+        tok = tokenizer.for_meta(meta)
+    except ValueError as e:
+        die(e)
+    encode, decode = tok.encode, tok.decode
 
 
 def generate(prompt_ids):

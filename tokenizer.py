@@ -1,0 +1,147 @@
+"""
+Text <-> token ids for the text datasets, with MEAP's [MASK] id beside the vocabulary, and the
+shared body of the data/*/prepare.py scripts.
+
+Two tokenizers:
+- "gpt2": GPT-2's byte-level BPE, 50,257 ids (<|endoftext|> = 50256), through tiktoken. tiktoken
+  ships the same ranks, pattern and special token under two names, "gpt2" and "r50k_base"; we load
+  "r50k_base", whose single file can be cached for offline use (TIKTOKEN_CACHE_DIR).
+- "byte": one id per UTF-8 byte, 256 ids. Needs no files at all.
+MEAP's [MASK] is the id right after the vocabulary (paper §3.1: a new token with its own learned
+embedding): 50257 for gpt2, 256 for byte. train.py reads it from meta.pkl as `vocab_size`.
+
+A dataset folder holds nanoGPT's format: train.bin and val.bin (uint16 ids) and meta.pkl
+({"vocab_size": ..., "tokenizer": ...}); nanoGPT's character-level meta.pkl (stoi/itos) also works.
+"""
+
+import argparse
+import os
+import pickle
+import sys
+import urllib.request
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+TOKENIZERS = ("gpt2", "byte")
+MASK_TEXT = "[MASK]"  # how decode() shows the [MASK] id
+
+
+@dataclass
+class Tokenizer:
+    name: str
+    vocab_size: int  # ids 0 .. vocab_size - 1; [MASK] is vocab_size
+    encode: Callable  # str -> list of ids
+    _decode: Callable  # list of ids (all < vocab_size) -> str
+
+    @property
+    def mask_id(self):
+        return self.vocab_size
+
+    def decode(self, ids):
+        """ids -> text; [MASK] shows as '[MASK]', ids past it (vocabulary padding) as '<?>'."""
+        out, run = [], []
+        for i in (int(i) for i in ids):
+            if i < self.vocab_size:
+                run.append(i)
+                continue
+            out += [self._decode(run), MASK_TEXT if i == self.mask_id else "<?>"]
+            run = []
+        return "".join(out + [self._decode(run)])
+
+
+def get_tokenizer(name):
+    """The named tokenizer; a one-line ValueError if it is unknown or its files cannot be loaded."""
+    if name == "byte":
+        return Tokenizer("byte", 256, lambda s: list(s.encode("utf-8")),
+                         lambda ids: bytes(ids).decode("utf-8", errors="replace"))
+    if name == "gpt2":
+        import tiktoken
+        try:
+            enc = tiktoken.get_encoding("r50k_base")  # = GPT-2's BPE
+        except Exception as e:  # offline, with no cached copy
+            raise ValueError(f"cannot load GPT-2's BPE through tiktoken ({type(e).__name__}); go online once, "
+                             f"or set TIKTOKEN_CACHE_DIR to a folder holding its cached file") from None
+        return Tokenizer("gpt2", enc.n_vocab, lambda s: enc.encode_ordinary(s), enc.decode)
+    raise ValueError(f"unknown tokenizer {name!r}; choose one of {TOKENIZERS}")
+
+
+def for_meta(meta):
+    """The tokenizer of a dataset or checkpoint from its meta dict (train.py's `meta`): ours, or
+    nanoGPT's character-level one (stoi/itos); no meta.pkl means GPT-2 BPE, as in nanoGPT."""
+    if "stoi" in meta:
+        stoi, itos = meta["stoi"], meta["itos"]
+        return Tokenizer("char", meta["vocab_size"], lambda s: [stoi[c] for c in s if c in stoi],
+                         lambda ids: "".join(itos[i] for i in ids))
+    return get_tokenizer(meta.get("tokenizer", "gpt2"))
+
+
+# -----------------------------------------------------------------------------
+# the body of data/*/prepare.py
+
+TINY_SHAKESPEARE = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+
+def read_text(path=None, url=None):
+    """The text of a local file, or else of url; one-line SystemExit when neither works."""
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SystemExit(f"error: cannot read --input {path} ({type(e).__name__}); give a UTF-8 text file")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.read().decode("utf-8")
+    except Exception as e:
+        raise SystemExit(f"error: cannot download {url} ({type(e).__name__}); "
+                         f"pass --input PATH to a local text file instead")
+
+
+def write_split(path, ids):
+    """ids as uint16 to path, through a temporary file (never a half-written .bin)."""
+    arr = np.asarray(ids, dtype=np.uint16)
+    with open(path + ".tmp", "wb") as f:
+        arr.tofile(f)
+    os.replace(path + ".tmp", path)
+
+
+def prepare(out_dir, text, tok, val_fraction=0.1):
+    """Tokenize text, split it (the first 1 - val_fraction is train, the rest val), and write
+    out_dir/{train,val}.bin and meta.pkl. Returns {"train": n_tokens, "val": n_tokens}."""
+    n = len(text)
+    split = int(n * (1 - val_fraction))
+    ids = {"train": tok.encode(text[:split]), "val": tok.encode(text[split:])}
+    if min(len(v) for v in ids.values()) < 2:
+        raise SystemExit(f"error: the text is too short to split ({n} characters)")
+    if tok.vocab_size > 65536:
+        raise SystemExit(f"error: a vocabulary of {tok.vocab_size} ids does not fit uint16")
+    os.makedirs(out_dir, exist_ok=True)
+    for split_name, v in ids.items():
+        write_split(os.path.join(out_dir, f"{split_name}.bin"), v)
+    with open(os.path.join(out_dir, "meta.pkl.tmp"), "wb") as f:
+        pickle.dump({"vocab_size": tok.vocab_size, "tokenizer": tok.name}, f)
+    os.replace(os.path.join(out_dir, "meta.pkl.tmp"), os.path.join(out_dir, "meta.pkl"))
+    return {k: len(v) for k, v in ids.items()}
+
+
+def prepare_main(tokenizer_name, default_out, argv=None):
+    """The command line of data/*/prepare.py: --input PATH (else download tiny Shakespeare),
+    --out_dir, --val_fraction; prints what it wrote."""
+    ap = argparse.ArgumentParser(description=f"Tokenize a text file ({tokenizer_name}) into train.bin, val.bin, meta.pkl.")
+    ap.add_argument("--input", default=None, help="a local UTF-8 text file (default: download tiny Shakespeare)")
+    ap.add_argument("--out_dir", default=default_out, help="where to write (default: this script's folder)")
+    ap.add_argument("--val_fraction", type=float, default=0.1, help="the last share of the text held out")
+    ap.error = lambda msg: sys.exit(f"error: {msg} (--help lists the options)")
+    args = ap.parse_args(argv)
+    if not 0 < args.val_fraction < 1:
+        raise SystemExit(f"error: --val_fraction must be in (0, 1), got {args.val_fraction}")
+    try:
+        tok = get_tokenizer(tokenizer_name)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    text = read_text(args.input, TINY_SHAKESPEARE)
+    counts = prepare(args.out_dir, text, tok, args.val_fraction)
+    print(f"{len(text):,} characters -> {tokenizer_name} ({tok.vocab_size:,} ids, [MASK] = {tok.mask_id})")
+    print(f"train.bin {counts['train']:,} tokens, val.bin {counts['val']:,} tokens, meta.pkl -> {args.out_dir}")

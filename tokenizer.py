@@ -63,8 +63,13 @@ def get_tokenizer(name):
         except Exception as e:  # offline, with no cached copy
             raise ValueError(f"cannot load GPT-2's BPE through tiktoken ({type(e).__name__}); go online once, "
                              f"or set TIKTOKEN_CACHE_DIR to a folder holding its cached file") from None
-        return Tokenizer("gpt2", enc.n_vocab, lambda s: enc.encode_ordinary(s), enc.decode)
+        return from_tiktoken(enc, "gpt2")
     raise ValueError(f"unknown tokenizer {name!r}; choose one of {TOKENIZERS}")
+
+
+def from_tiktoken(enc, name):
+    """A Tokenizer over a tiktoken Encoding; special tokens in the text are encoded as plain text."""
+    return Tokenizer(name, enc.n_vocab, enc.encode_ordinary, enc.decode)
 
 
 def for_meta(meta):

@@ -33,6 +33,20 @@ def test_byte_tokenizer_round_trip_and_mask():
     assert tok.decode([tok.mask_id + 1]) == "<?>"  # vocabulary padding
 
 
+def test_a_tiktoken_bpe_built_in_code_round_trips_with_mask():
+    # the tiktoken path without any file: every byte, plus two merges (" t" and " th")
+    import tiktoken
+    ranks = {bytes([i]): i for i in range(256)}
+    ranks[b" t"], ranks[b" th"] = 256, 257
+    enc = tiktoken.Encoding("tiny-bpe", pat_str=r"""'s|'t| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+""",
+                            mergeable_ranks=ranks, special_tokens={})
+    tok = tokenizer.from_tiktoken(enc, "tiny-bpe")
+    assert tok.vocab_size == 258 and tok.mask_id == 258
+    ids = tok.encode(" the cat, the hat")
+    assert ids[0] == 257 and tok.decode(ids) == " the cat, the hat"
+    assert tok.decode(ids[:1] + [tok.mask_id] + ids[2:]) == " th[MASK]" + tok.decode(ids[2:])
+
+
 def test_gpt2_bpe_round_trip_and_mask():
     tok = gpt2_or_skip()
     assert tok.vocab_size == 50257 and tok.mask_id == 50257  # [MASK] right after <|endoftext|> = 50256

@@ -15,6 +15,11 @@ Two ways to draw the positions:
   corruption per step, and what the paper's description implies.
 - "shared": one set of columns for the whole batch, as the official code does (it draws one set per
   optimizer step, shared by every row, micro-step and GPU). Kept to reproduce that code exactly.
+
+Fine-tuning (§3.2) masks differently: each (prompt, answer) example is duplicated and ~10% of the
+answer tokens are masked in the copy. sft_meap_concat() is the paper's layout (one sequence, the
+loss on both answers), sft_meap_separate() the official code's (the masked copy as an example of
+its own, with targets only at the masked tokens), sft_ntp() the plain baseline.
 """
 
 import math
@@ -78,3 +83,54 @@ def meap_inputs(idx, ratio, mask_token_id, mode="per_sequence", exclude=None, ge
         return idx, torch.zeros(B, T, dtype=torch.bool)
     mask = sample_mask(B, T, ratio, mode, exclude, generator)
     return apply_mask(idx, mask, mask_token_id), mask
+
+
+# -----------------------------------------------------------------------------
+# Fine-tuning (paper §3.2). An SFT example is a prompt and an answer, two 1-D tensors of token ids.
+# These turn one into (x, y) pairs for next-token training: x the input ids, y the target at each
+# position, IGNORE where the loss skips it. The prompt is never a target.
+# Positions: pass a generator seeded by the example's index alone for static positions (drawn once,
+# as the official code does at preprocessing), or by the index and the step for dynamic ones.
+
+IGNORE = -1  # a target that the loss skips (model.py: cross_entropy(..., ignore_index=-1))
+MIN_ANSWER = 50  # the paper: answers shorter than this are fine-tuned with plain NTP
+
+
+def _pair(inputs, clean, keep):
+    """x = inputs[:-1]; y = clean[1:], IGNORE wherever keep[1:] is False."""
+    return inputs[:-1], torch.where(keep[1:], clean[1:], torch.full_like(clean[1:], IGNORE))
+
+
+def sft_ntp(prompt, answer):
+    """NTP-SFT: the sequence prompt + answer, with the loss on the answer tokens only."""
+    seq = torch.cat([prompt, answer])
+    keep = torch.cat([torch.zeros(len(prompt), dtype=torch.bool), torch.ones(len(answer), dtype=torch.bool)])
+    return _pair(seq, seq, keep)
+
+
+def sft_meap_concat(prompt, answer, ratio, mask_token_id, min_answer=MIN_ANSWER, generator=None):
+    """The paper's MEAP-SFT: one sequence [prompt, answer, prompt, answer'], where the copy answer'
+    has floor(len(answer) * ratio) tokens replaced by [MASK] (never its last token, which is no
+    model input). The targets are the clean answer tokens of both copies, masked ones included.
+    About twice the tokens of NTP-SFT per example, so the paper trains half the epochs. An answer
+    shorter than min_answer gets sft_ntp()."""
+    if len(answer) < min_answer:
+        return sft_ntp(prompt, answer)
+    m = sample_mask(1, len(answer), ratio, generator=generator)[0]  # (len(answer),)
+    copy = torch.where(m, torch.full_like(answer, mask_token_id), answer)
+    no, yes = torch.zeros(len(prompt), dtype=torch.bool), torch.ones(len(answer), dtype=torch.bool)
+    return _pair(torch.cat([prompt, answer, prompt, copy]), torch.cat([prompt, answer, prompt, answer]),
+                 torch.cat([no, yes, no, yes]))
+
+
+def sft_meap_separate(prompt, answer, ratio, mask_token_id, min_answer=MIN_ANSWER, generator=None):
+    """The official code's MEAP-SFT: the plain NTP-SFT example, plus a separate copy with [MASK] in
+    its answer whose only targets are the masked tokens (their clean ids). Returns a list of (x, y)
+    pairs: one when the answer is shorter than min_answer, else two."""
+    examples = [sft_ntp(prompt, answer)]
+    if len(answer) >= min_answer:
+        m = sample_mask(1, len(answer), ratio, generator=generator)[0]
+        copy = torch.where(m, torch.full_like(answer, mask_token_id), answer)
+        keep = torch.cat([torch.zeros(len(prompt), dtype=torch.bool), m])
+        examples.append(_pair(torch.cat([prompt, copy]), torch.cat([prompt, answer]), keep))
+    return examples

@@ -22,6 +22,8 @@ asked about at the end (`n_queries`, RULER's multi-query), more distractors or p
 training, shorter contexts, and "kv": lost-in-the-middle key-value retrieval (Liu et al. 2023), a
 block of pairs at the start, filler, and one question about the pair at a chosen position:
       | K12 40 K3 7 K9 1 K5 22 ka lo mi ... se ? K9 1
+And "qa", multi-document question answering for fine-tuning: documents opened by '|', one fact
+each, a question about the fact of one of them, and a multi-token answer (see qa()).
 
 Why MQAR asks about every key many times: under the full-sequence loss a key's first occurrence
 is followed by a random value, so copying "the value after this key" is punished there and
@@ -173,6 +175,36 @@ def kv(rng, batch_size, seq_len, n_pairs, position):
     answer = np.zeros((batch_size, seq_len), dtype=bool)
     answer[:, -1] = True
     return _batch(seq, answer, np.full(batch_size, position / max(n - 1, 1)))
+
+
+def qa(rng, batch_size, seq_len, n_docs, gold, answer_len=4):
+    """Multi-document QA for fine-tuning (lost in the middle, Liu et al. 2023): n_docs "documents",
+    each '|' then filler with one fact 'key v1 .. vm' (m = answer_len) somewhere inside, then
+    '? key' about the fact of document `gold` (0 = first, n_docs - 1 = last, nearest the question),
+    and its m values as the answer, at the end of the sequence:
+        | ka lo K7 3 9 41 me | se K12 60 2 8 to | .. ? K12 60 2 8
+    For SFT: the prompt is the sequence up to the asked key, the answer its last m tokens."""
+    K, m = n_docs, answer_len
+    d = (seq_len + 1 - 2 - m - K * (2 + m)) // K  # filler words per document
+    if K < 1 or m < 1 or d < 0 or not 0 <= gold < K:
+        raise ValueError(f"qa: {n_docs} documents with {answer_len}-token answers need seq_len >= "
+                         f"{K * (2 + m) + m + 1} (block_size is {seq_len}), and gold in 0..{K - 1} (got {gold})")
+    pad = seq_len + 1 - 2 - m - K * (2 + m + d)  # leftover filler words, after the last document
+    keys = _keys_values(rng, batch_size, K)[0]  # (B, K) distinct keys
+    values = VALUES[rng.integers(len(VALUES), size=(batch_size, K, m))]  # (B, K, m)
+    words = filler(rng, batch_size, K * d + pad)
+    at = rng.integers(0, d + 1, size=(batch_size, K))  # where each fact sits in its document
+    seq = np.empty((batch_size, seq_len + 1), dtype=np.int64)
+    for b in range(batch_size):  # K documents per row: a plain loop reads better than index arithmetic
+        out = []
+        for k in range(K):
+            doc = list(words[b, k * d:(k + 1) * d])
+            doc[at[b, k]:at[b, k]] = [keys[b, k], *values[b, k]]
+            out += [BOS, *doc]
+        seq[b] = out + list(words[b, K * d:]) + [QUERY, keys[b, gold], *values[b, gold]]
+    answer = np.zeros((batch_size, seq_len), dtype=bool)
+    answer[:, seq_len - m:] = True  # x there is the asked key or an answer token; y the next answer token
+    return _batch(seq, answer, np.full(batch_size, gold / max(K - 1, 1)))
 
 
 def get_batch(task, rng, batch_size, seq_len, n_pairs=4, n_needles=4):

@@ -86,3 +86,63 @@ def test_bad_ratio_raises_a_clear_value_error(ratio):
 def test_bad_mode_raises():
     with pytest.raises(ValueError, match="per_sequence"):
         meap_inputs(torch.zeros(1, 10, dtype=torch.long), 0.2, MASK, mode="columns")
+
+
+# --- fine-tuning transforms (paper §3.2) ---
+
+from mask import IGNORE, sft_meap_concat, sft_meap_separate, sft_ntp  # noqa: E402
+
+PROMPT, ANSWER = torch.tensor([1, 2, 3]), torch.arange(10, 20)  # 3 prompt tokens, 10 answer tokens
+
+
+def test_sft_ntp_targets_only_the_answer():
+    x, y = sft_ntp(torch.tensor([1, 2, 3]), torch.tensor([7, 8]))
+    assert x.tolist() == [1, 2, 3, 7] and y.tolist() == [IGNORE, IGNORE, 7, 8]
+
+
+def test_sft_meap_concat_layout():
+    x, y = sft_meap_concat(PROMPT, ANSWER, 0.2, MASK, min_answer=5, generator=gen(0))
+    P, A = 3, 10
+    assert len(x) == len(y) == 2 * (P + A) - 1
+    # the first copy is the clean example; the second copy's prompt is clean, its answer has exactly
+    # floor(10 * 0.2) = 2 masks, never on its last token
+    assert x[:P + A].tolist() == PROMPT.tolist() + ANSWER.tolist()
+    assert x[P + A:2 * P + A].tolist() == PROMPT.tolist()
+    copy = x[2 * P + A:]  # the copy's answer, minus its last token (no input)
+    assert (copy == MASK).sum() == 2 and (x == MASK).sum() == 2
+    # targets: both answers in clean ids, masked ones included; no prompt token is a target
+    clean = torch.cat([PROMPT, ANSWER, PROMPT, ANSWER])
+    expected = [int(clean[t + 1]) if (P <= t + 1 < P + A or t + 1 >= 2 * P + A) else IGNORE for t in range(len(x))]
+    assert y.tolist() == expected and MASK not in y.tolist()
+    # the position before each [MASK] is asked for the hidden token
+    for t in (x == MASK).nonzero().flatten().tolist():
+        assert y[t - 1] == clean[t]
+
+
+def test_sft_threshold_and_separate_variant():
+    # an answer shorter than min_answer: plain NTP-SFT, in both variants
+    short = sft_meap_concat(PROMPT, ANSWER, 0.2, MASK, min_answer=11)
+    assert all(torch.equal(a, b) for a, b in zip(short, sft_ntp(PROMPT, ANSWER)))
+    assert len(sft_meap_separate(PROMPT, ANSWER, 0.2, MASK, min_answer=11)) == 1
+    # at the threshold: the official code's two examples
+    (x0, y0), (x1, y1) = sft_meap_separate(PROMPT, ANSWER, 0.3, MASK, min_answer=10, generator=gen(1))
+    assert torch.equal(x0, sft_ntp(PROMPT, ANSWER)[0]) and torch.equal(y0, sft_ntp(PROMPT, ANSWER)[1])
+    masked = (x1 == MASK).nonzero().flatten()
+    assert len(masked) == 3 and x1[:3].tolist() == PROMPT.tolist()
+    clean = torch.cat([PROMPT, ANSWER])
+    # targets only where the next input is masked, and then the clean token
+    assert (y1 != IGNORE).nonzero().flatten().tolist() == (masked - 1).tolist()
+    assert y1[masked - 1].tolist() == clean[masked].tolist()
+
+
+def test_sft_positions_follow_the_generator():
+    # static positions: the same seed (the example's index) gives the same masks every epoch
+    a = sft_meap_concat(PROMPT, ANSWER, 0.3, MASK, min_answer=1, generator=gen(5))[0]
+    b = sft_meap_concat(PROMPT, ANSWER, 0.3, MASK, min_answer=1, generator=gen(5))[0]
+    assert torch.equal(a, b)
+    # dynamic positions: seeds that differ per step give different masks
+    draws = {tuple(sft_meap_concat(PROMPT, ANSWER, 0.3, MASK, min_answer=1, generator=gen(s))[0].tolist())
+             for s in range(20)}
+    assert len(draws) > 5
+    with pytest.raises(ValueError, match="mask ratio must be in"):
+        sft_meap_concat(PROMPT, ANSWER, 1.0, MASK, min_answer=1)

@@ -136,3 +136,29 @@ def test_errors_are_clear():
     with pytest.raises(ValueError, match="not in the task vocabulary"):
         tasks.encode("| K3 hello")
     assert tasks.decode(tasks.encode("| K3 7 ba ? K3")) == "| K3 7 ba ? K3"
+
+
+@pytest.mark.parametrize("T,K,m,gold", [(64, 5, 4, 0), (64, 5, 4, 4), (63, 3, 2, 1), (128, 10, 4, 6), (20, 2, 2, 1)])
+def test_multidoc_qa_agrees_with_an_oracle(T, K, m, gold):
+    b = tasks.qa(np.random.default_rng(T + gold), 12, T, K, gold, m)
+    assert b.x.shape == (12, T) and torch.equal(b.x[:, 1:], b.y[:, :-1])
+    assert (b.answer.sum(1) == m).all() and b.answer[:, T - m:].all()
+    for x, y in zip(b.x, b.y):
+        seq = torch.cat([x, y[-1:]]).tolist()
+        starts = [i for i, t in enumerate(seq) if t == tasks.BOS]
+        assert len(starts) == K and starts[0] == 0  # K documents, each opened by '|'
+        docs = [seq[s:e] for s, e in zip(starts, starts[1:] + [seq.index(tasks.QUERY)])]
+        facts = [[t for t in doc if t in tasks.KEYS] for doc in docs]
+        assert all(len(f) == 1 for f in facts)  # one fact per document
+        asked = seq[-m - 1]
+        assert seq[-m - 2] == tasks.QUERY and facts[gold] == [asked]  # the question is about the gold document
+        k = seq.index(asked)  # brute force: the values after the key's first occurrence
+        assert seq[-m:] == seq[k + 1:k + 1 + m]
+    assert (b.depth == gold / max(K - 1, 1)).all()
+
+
+def test_multidoc_qa_errors_name_the_fix():
+    with pytest.raises(ValueError, match="need seq_len >= 65"):
+        tasks.qa(np.random.default_rng(0), 2, 40, 10, 0, 4)
+    with pytest.raises(ValueError, match="gold in 0..4"):
+        tasks.qa(np.random.default_rng(0), 2, 64, 5, 5, 4)

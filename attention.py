@@ -298,24 +298,24 @@ def main(argv=None):
     seeds = sorted({s for _, s in found})
     if len(found) != len(ratios) * len(seeds):
         raise SystemExit(f"error: {runs} holds {len(found)} runs, not every ratio x seed; finish the grid first")
-    results = {}
+    results, configs = {}, {}
     for (r, s), path in sorted(found.items()):
         model, cfg, it = compare.load_model(path)
+        configs[s] = (model.config, cfg)
         results[(r, s)] = probe(model, cfg, args.examples, mask_ratio=args.mask_ratio)
         print(f"mask_ratio {r:.2f} seed {s} (step {it}): " + ", ".join(
             f"{k} {results[(r, s)][k]:.3f}" for k, _, _ in COLUMNS), flush=True)
     # the step-0 control: each seed's weights before training (train.py seeds the init with --seed)
     control = {}
     for s in seeds:
-        trained, cfg, _ = compare.load_model(found[(ratios[0], s)])
+        model_config, cfg = configs[s]
         torch.manual_seed(s)
-        control[("untrained", s)] = probe(GPT(trained.config), cfg, args.examples, mask_ratio=args.mask_ratio)
+        control[("untrained", s)] = probe(GPT(model_config), cfg, args.examples, mask_ratio=args.mask_ratio)
     md = compare.summary(results, ratios, seeds, COLUMNS)
     md += "\nControl: the same seeds' weights before training (step 0).\n\n" + \
         compare.summary(control, ["untrained"], seeds, COLUMNS, names={"untrained": "untrained"})
     cmd = " ".join(["python attention.py"] + (argv if argv is not None else sys.argv[1:]))
-    with open(os.path.join(args.grid, "attention.md"), "w") as f:
-        f.write(f"`{cmd}`\n\n{md}")
+    compare.write_text(os.path.join(args.grid, "attention.md"), f"`{cmd}`\n\n{md}")
     print(md)
     print(f"wrote {args.grid}/attention.md")
 

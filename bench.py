@@ -127,7 +127,11 @@ print("| config | params | batch | NTP ms/step | MEAP ms/step | NTP tok/s | MEAP
 print("|---|---|---|---|---|---|---|---|---|---|")
 for c in configs.split(","):
     if c == "gpt2" and device_type != "cuda":  # 124M at 16 x 1,024 tokens: minutes per step on a CPU
-        print(f"| gpt2 | 123.59M | 16x1024 | not measured: needs a CUDA GPU (the README has the GPU figures) "
-              f"| - | - | - | - | - | - |")
+        cfg = CONFIGS[c]
+        with torch.device("meta"):  # shapes only: counts the parameters without allocating them
+            n = GPT(GPTConfig(block_size=cfg["block_size"], n_layer=cfg["n_layer"], n_head=cfg["n_head"],
+                              n_kv_head=cfg["n_head"], n_embd=cfg["n_embd"], vocab_size=cfg["vocab_size"])).num_params()
+        print(f"| {c} | {n / 1e6:.2f}M | {cfg['batch_size']}x{cfg['block_size']} | not measured: needs a CUDA GPU "
+              f"(the README has the GPU figures) | - | - | - | - | - | - |")
         continue
     print(bench(c, CONFIGS[c]), flush=True)

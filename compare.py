@@ -153,10 +153,14 @@ def read_json(path):
         return json.load(f)
 
 
-def write_json(path, obj):
+def write_text(path, text):
     with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
+        f.write(text)
     os.replace(path + ".tmp", path)  # atomic: a half-written result is never read as finished
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=1))
 
 
 def train_cmd(run_dir, ratio, seed, settings):
@@ -343,8 +347,9 @@ def figure(results, ratios, seeds, cfg):
 
 
 def plots(results, ratios, seeds, cfg, path):
-    """figure() as a PNG at path."""
-    figure(results, ratios, seeds, cfg).savefig(path, dpi=90)
+    """figure() as a PNG at path, through a temporary file."""
+    figure(results, ratios, seeds, cfg).savefig(path + ".tmp", dpi=90, format="png")
+    os.replace(path + ".tmp", path)
 
 
 # -----------------------------------------------------------------------------
@@ -399,8 +404,8 @@ def main(argv=None):
     results = run_grid(out, ratios, seeds, settings, jobs, p["threads"], examples)
     cfg = {k: int(settings[k]) for k in ("block_size", "n_pairs", "n_needles")}  # what the plots need
     md = table(results, ratios, seeds)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(f"`python compare.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n" + md)
+    cmd = " ".join(["python compare.py"] + (argv if argv is not None else sys.argv[1:]))
+    write_text(os.path.join(out, "results.md"), f"`{cmd}`\n\n{md}")
     plots(results, ratios, seeds, cfg, os.path.join(out, "results.png"))
     print(md)
     print(f"wrote {out}/results.md and {out}/results.png | {(time.time() - t0) / 60:.1f} min")

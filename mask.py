@@ -117,7 +117,7 @@ def sft_meap_concat(prompt, answer, ratio, mask_token_id, min_answer=MIN_ANSWER,
     if len(answer) < min_answer:
         return sft_ntp(prompt, answer)
     m = sample_mask(1, len(answer), ratio, generator=generator)[0]  # (len(answer),)
-    copy = torch.where(m, torch.full_like(answer, mask_token_id), answer)
+    copy = apply_mask(answer, m, mask_token_id)
     no, yes = torch.zeros(len(prompt), dtype=torch.bool), torch.ones(len(answer), dtype=torch.bool)
     return _pair(torch.cat([prompt, answer, prompt, copy]), torch.cat([prompt, answer, prompt, answer]),
                  torch.cat([no, yes, no, yes]))
@@ -130,7 +130,7 @@ def sft_meap_separate(prompt, answer, ratio, mask_token_id, min_answer=MIN_ANSWE
     examples = [sft_ntp(prompt, answer)]
     if len(answer) >= min_answer:
         m = sample_mask(1, len(answer), ratio, generator=generator)[0]
-        copy = torch.where(m, torch.full_like(answer, mask_token_id), answer)
+        copy = apply_mask(answer, m, mask_token_id)
         keep = torch.cat([torch.zeros(len(prompt), dtype=torch.bool), m])
         examples.append(_pair(torch.cat([prompt, copy]), torch.cat([prompt, answer]), keep))
     return examples

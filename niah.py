@@ -17,7 +17,6 @@ length grid and writes OUT_DIR/niah.json and OUT_DIR/niah.png (the familiar heat
 """
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -25,6 +24,7 @@ import sys
 import numpy as np
 import torch
 
+from compare import write_json
 from model import GPT, GPTConfig
 from tokenizer import for_meta
 
@@ -94,7 +94,8 @@ def heatmap(res, lengths, depths, title, path):
     ax.set(xlabel="context length (tokens)", ylabel="needle depth", title=title)
     fig.colorbar(im, ax=ax, label="exact-match accuracy")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path + ".tmp", dpi=90, format="png")
+    os.replace(path + ".tmp", path)  # never a half-written picture
 
 
 def parse_list(text, kind, flag):
@@ -107,7 +108,8 @@ def parse_list(text, kind, flag):
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Needle in a haystack on natural text for a train.py checkpoint.")
     ap.add_argument("--out_dir", default="out", help="the checkpoint's folder (ckpt.pt)")
-    ap.add_argument("--lengths", default=None, help="comma-separated context lengths (default: 1/4, 1/2 and all of block_size)")
+    ap.add_argument("--lengths", default=None,
+                    help="comma-separated context lengths (default: 1/4, 1/2 and all of block_size)")
     ap.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="comma-separated needle depths in [0, 1]")
     ap.add_argument("--trials", type=int, default=20, help="prompts per cell")
     ap.add_argument("--seed", type=int, default=0, help="seeds the numbers and the haystack offsets")
@@ -163,9 +165,9 @@ def main(argv=None):
     md = table(res, lengths, depths)
     overall = float(np.mean(list(res.values())))
     print(md + f"\nmean accuracy {overall:.3f}")
-    with open(os.path.join(args.out_dir, "niah.json"), "w") as f:
-        json.dump({"lengths": lengths, "depths": depths, "trials": args.trials, "mean": overall,
-                   "grid": [[res[(d, L)] for L in lengths] for d in depths]}, f, indent=1)
+    write_json(os.path.join(args.out_dir, "niah.json"),
+               {"lengths": lengths, "depths": depths, "trials": args.trials, "mean": overall,
+                "grid": [[res[(d, L)] for L in lengths] for d in depths]})
     heatmap(res, lengths, depths, f"needle in a haystack: {what}, step {ckpt['iter_num']}",
             os.path.join(args.out_dir, "niah.png"))
     print(f"wrote {args.out_dir}/niah.json and {args.out_dir}/niah.png")

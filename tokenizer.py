@@ -115,26 +115,33 @@ def write_split(path, ids):
 def prepare(out_dir, text, tok, val_fraction=0.1):
     """Tokenize text, split it (the first 1 - val_fraction is train, the rest val), and write
     out_dir/{train,val}.bin and meta.pkl. Returns {"train": n_tokens, "val": n_tokens}."""
+    if tok.vocab_size > 65536:
+        raise SystemExit(f"error: a vocabulary of {tok.vocab_size} ids does not fit uint16")
     n = len(text)
     split = int(n * (1 - val_fraction))
     ids = {"train": tok.encode(text[:split]), "val": tok.encode(text[split:])}
     if min(len(v) for v in ids.values()) < 2:
         raise SystemExit(f"error: the text is too short to split ({n} characters)")
-    if tok.vocab_size > 65536:
-        raise SystemExit(f"error: a vocabulary of {tok.vocab_size} ids does not fit uint16")
     os.makedirs(out_dir, exist_ok=True)
     for split_name, v in ids.items():
         write_split(os.path.join(out_dir, f"{split_name}.bin"), v)
-    with open(os.path.join(out_dir, "meta.pkl.tmp"), "wb") as f:
-        pickle.dump({"vocab_size": tok.vocab_size, "tokenizer": tok.name}, f)
-    os.replace(os.path.join(out_dir, "meta.pkl.tmp"), os.path.join(out_dir, "meta.pkl"))
+    write_meta(out_dir, tok)
     return {k: len(v) for k, v in ids.items()}
+
+
+def write_meta(out_dir, tok):
+    """out_dir/meta.pkl for train.py: the vocabulary size ([MASK] comes next) and the tokenizer."""
+    path = os.path.join(out_dir, "meta.pkl")
+    with open(path + ".tmp", "wb") as f:
+        pickle.dump({"vocab_size": tok.vocab_size, "tokenizer": tok.name}, f)
+    os.replace(path + ".tmp", path)
 
 
 def prepare_main(tokenizer_name, default_out, argv=None):
     """The command line of data/*/prepare.py: --input PATH (else download tiny Shakespeare),
     --out_dir, --val_fraction; prints what it wrote."""
-    ap = argparse.ArgumentParser(description=f"Tokenize a text file ({tokenizer_name}) into train.bin, val.bin, meta.pkl.")
+    ap = argparse.ArgumentParser(
+        description=f"Tokenize a text file ({tokenizer_name}) into train.bin, val.bin, meta.pkl.")
     ap.add_argument("--input", default=None, help="a local UTF-8 text file (default: download tiny Shakespeare)")
     ap.add_argument("--out_dir", default=default_out, help="where to write (default: this script's folder)")
     ap.add_argument("--val_fraction", type=float, default=0.1, help="the last share of the text held out")

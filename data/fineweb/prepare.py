@@ -16,7 +16,6 @@ is written as NAME.tmp and renamed when complete. Expected output ends with:
 
 import argparse
 import os
-import pickle
 import sys
 import time
 from itertools import islice
@@ -25,7 +24,7 @@ from multiprocessing import Pool
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from tokenizer import get_tokenizer  # noqa: E402
+from tokenizer import get_tokenizer, write_meta  # noqa: E402
 
 EOT = 50256  # GPT-2's <|endoftext|>
 _tok = None
@@ -64,7 +63,7 @@ def main():
     except ImportError:
         sys.exit("error: data/fineweb/prepare.py streams through HuggingFace datasets: pip install datasets")
     try:
-        get_tokenizer("gpt2")
+        tok = get_tokenizer("gpt2")
     except ValueError as e:
         sys.exit(f"error: {e}")
     stream = load_dataset(args.source, name=args.subset, split="train", streaming=True)
@@ -91,8 +90,7 @@ def main():
                         rate = written / (time.time() - t0)
                         print(f"{split}: {written:,} / {goal:,} tokens | {rate / 1e6:.2f}M tokens/s", flush=True)
             os.replace(path + ".tmp", path)
-    with open(os.path.join(args.out_dir, "meta.pkl"), "wb") as f:
-        pickle.dump({"vocab_size": 50257, "tokenizer": "gpt2"}, f)
+    write_meta(args.out_dir, tok)
     print(f"val.bin {goals[0][1]:,} tokens, train.bin {goals[1][1]:,} tokens, meta.pkl -> {args.out_dir}")
 
 

@@ -3,7 +3,7 @@
 # First: python data/shakespeare/prepare.py   (then: python niah.py --out_dir out-shakespeare)
 #   python train.py config/shakespeare_cpu.py                   # MEAP, mask_ratio 0.15
 #   python train.py config/shakespeare_cpu.py --mask_ratio 0 --out_dir out-shakespeare-ntp
-# A 4-layer, 128-wide model: most of its 13M parameters are the 50,304-row embedding and output
+# A 4-layer, 128-wide model: most of its parameters are the 50,304-row embedding and output
 # head, and most of each step's time is the output softmax over GPT-2's vocabulary.
 out_dir = "out-shakespeare"
 dataset = "shakespeare"

@@ -151,6 +151,10 @@ def main(argv=None):
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if device not in ("cpu", "mps") and not device.startswith("cuda") or \
+            device.startswith("cuda") and not torch.cuda.is_available() or \
+            device == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit(f"error: --device {device} is not available here; use --device cpu (or auto)")
 
     model = GPT(GPTConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])

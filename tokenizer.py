@@ -154,6 +154,9 @@ def prepare_main(tokenizer_name, default_out, argv=None):
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     text = read_text(args.input, TINY_SHAKESPEARE)
-    counts = prepare(args.out_dir, text, tok, args.val_fraction)
+    try:
+        counts = prepare(args.out_dir, text, tok, args.val_fraction)
+    except OSError as e:  # an --out_dir that cannot be written
+        raise SystemExit(f"error: cannot write to --out_dir {args.out_dir} ({e.strerror or type(e).__name__})")
     print(f"{len(text):,} characters -> {tokenizer_name} ({tok.vocab_size:,} ids, [MASK] = {tok.mask_id})")
     print(f"train.bin {counts['train']:,} tokens, val.bin {counts['val']:,} tokens, meta.pkl -> {args.out_dir}")

@@ -88,8 +88,10 @@ def test_prepare_script_on_a_local_file(tmp_path, name, script):
 def test_prepare_errors_are_one_line(tmp_path):
     for args, msg in [(["--input", str(tmp_path / "missing.txt")], "cannot read --input"),
                       (["--input", __file__, "--val_fraction", "1.5"], "--val_fraction must be in (0, 1)"),
-                      (["--epochs", "2"], "unrecognized arguments: --epochs 2")]:
-        p = run_script("data/shakespeare_byte/prepare.py", *args, "--out_dir", str(tmp_path / "o"), check=False)
+                      (["--epochs", "2"], "unrecognized arguments: --epochs 2"),
+                      (["--out_dir", __file__, "--input", __file__], f"cannot write to --out_dir {__file__}")]:
+        # the last --out_dir wins: a file, which no folder can be made at
+        p = run_script("data/shakespeare_byte/prepare.py", "--out_dir", str(tmp_path / "o"), *args, check=False)
         lines = p.stderr.strip().splitlines()
         assert p.returncode != 0 and len(lines) == 1 and lines[0].startswith(f"error: {msg}"), p.stderr
     with pytest.raises(SystemExit, match="cannot download .* pass --input PATH"):
@@ -156,7 +158,10 @@ def test_train_on_text_then_ask_the_needle(tmp_path, tiny_ckpt):
     # one-line errors: no checkpoint, a synthetic checkpoint, a context longer than the model's
     for args, msg in [(["--out_dir", str(tmp_path / "none")], "no checkpoint at"),
                       (["--out_dir", str(tiny_ckpt)], "was trained on the synthetic tasks"),
-                      (["--out_dir", str(out), "--lengths", "200"], "need lengths of at most block_size - 8 = 152")]:
+                      (["--out_dir", str(out), "--lengths", "200"], "need lengths of at most block_size - 8 = 152"),
+                      (["--out_dir", str(out), "--device", "tpu"], "--device tpu is not available here")] + \
+            ([] if torch.cuda.is_available() else [(["--out_dir", str(out), "--device", "cuda"],
+                                                    "--device cuda is not available here; use --device cpu")]):
         p = run_script("niah.py", *args, check=False)
         lines = p.stderr.strip().splitlines()
         assert p.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], p.stderr

@@ -255,14 +255,18 @@ COLUMNS = [  # (suite key, column title, format)
 ]
 
 
-def summary(results, ratios, seeds, columns, names=None):
+def summary(results, ratios, seeds, columns, names=None, baseline=0.0, first="mask_ratio"):
     """Markdown: mean ± sd over seeds per mask ratio of each (key, title, format) column, then
-    MEAP - NTP paired by seed with a 95% paired-t interval (when ratio 0 is in the grid). names
-    optionally maps a ratio (any key of results) to its row label."""
+    each row minus the baseline row (NTP, ratio 0), paired by seed with a 95% paired-t interval,
+    when the baseline is in the grid. names optionally maps a ratio (any key of results) to its
+    row label; first is the title of the label column."""
+    def name(r):
+        return (names or {}).get(r) or f"{r:.2f}{' (NTP)' if r == 0 else ''}"
+
     def vals(r, key):
         return [results[(r, s)][key] for s in seeds]
 
-    head = "| mask_ratio | " + " | ".join(c[1] for c in columns) + " |\n" + "|---" * (len(columns) + 1) + "|\n"
+    head = f"| {first} | " + " | ".join(c[1] for c in columns) + " |\n" + "|---" * (len(columns) + 1) + "|\n"
     lines = ["Mean ± sd over seeds " + ", ".join(map(str, seeds)) + ".\n", head]
     for r in ratios:
         cells = []
@@ -274,19 +278,19 @@ def summary(results, ratios, seeds, columns, names=None):
                 continue
             sd_fmt = fmt.replace("+", "")  # a spread has no sign
             cells.append(f"{fmt.format(m)} ± {sd_fmt.format(sd)}" + (f" ({n_nan} never)" if n_nan else ""))
-        name = (names or {}).get(r) or f"{r:.2f}{' (NTP)' if r == 0 else ''}"
-        lines.append(f"| {name} | " + " | ".join(cells) + " |\n")
-    if 0.0 in ratios and len(ratios) > 1:
-        lines += ["\nMEAP - NTP, paired by seed: mean [95% paired-t interval].\n", head]
+        lines.append(f"| {name(r)} | " + " | ".join(cells) + " |\n")
+    if baseline in ratios and len(ratios) > 1:
+        minus = "MEAP - NTP" if baseline == 0.0 else f"Minus {name(baseline)}"
+        lines += [f"\n{minus}, paired by seed: mean [95% paired-t interval].\n", head]
         for r in ratios:
-            if r == 0:
+            if r == baseline:
                 continue
             cells = []
             for key, _, fmt in columns:
-                d, h = paired_ci(vals(r, key), vals(0.0, key))
+                d, h = paired_ci(vals(r, key), vals(baseline, key))
                 cells.append(f"{fmt.format(d)} [{fmt.format(d - h)}, {fmt.format(d + h)}]" if not math.isnan(h)
                              else fmt.format(d))
-            lines.append(f"| {r:.2f} | " + " | ".join(cells) + " |\n")
+            lines.append(f"| {name(r)} | " + " | ".join(cells) + " |\n")
     return "".join(lines).replace("nan", "n/a")
 
 
@@ -361,6 +365,20 @@ def parse_list(text, kind):
         raise SystemExit(f"error: cannot read {text!r} as a comma-separated list of {kind.__name__}s")
 
 
+def apply_set(settings, pairs, fixed, hint):
+    """settings updated by --set KEY=VALUE pairs; a one-line exit for a malformed pair or for a
+    key in fixed (chosen per run by the comparison; hint names the options that choose it)."""
+    settings = dict(settings)
+    for kv in pairs:
+        if "=" not in kv:
+            raise SystemExit(f"error: --set takes KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        if k in fixed:
+            raise SystemExit(f"error: --set {k} is chosen by the comparison; use {hint}")
+        settings[k] = v
+    return settings
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="NTP vs MEAP over mask ratios and seeds (see the docstring).")
     ap.add_argument("--preset", default="cpu", help=f"one of {', '.join(PRESETS)}")
@@ -375,14 +393,7 @@ def main(argv=None):
     if args.preset not in PRESETS:
         raise SystemExit(f"error: unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[args.preset]
-    settings = dict(p["train"])
-    for kv in args.set:
-        if "=" not in kv:
-            raise SystemExit(f"error: --set takes KEY=VALUE, got {kv!r}")
-        k, v = kv.split("=", 1)
-        if k in ("mask_ratio", "seed", "out_dir", "init_from"):
-            raise SystemExit(f"error: --set {k} is chosen by the grid; use --ratios/--seeds/--out")
-        settings[k] = v
+    settings = apply_set(p["train"], args.set, ("mask_ratio", "seed", "out_dir", "init_from"), "--ratios/--seeds/--out")
     ratios = parse_list(args.ratios, float) if args.ratios else p["ratios"]
     seeds = parse_list(args.seeds, int) if args.seeds else p["seeds"]
     out = args.out or os.path.join("results", args.preset)

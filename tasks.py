@@ -220,6 +220,18 @@ def get_batch(task, rng, batch_size, seq_len, n_pairs=4, n_needles=4):
     raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
 
 
+def qa_examples(rng, n, seq_len, n_docs, answer_len=4):
+    """n fine-tuning examples of qa(), the gold document cycling 0, 1, .., n_docs - 1, 0, ..: a
+    list of (prompt, answer) pairs of 1-D id tensors, seq_len + 1 tokens together."""
+    out = []
+    for gold in range(n_docs):
+        b = qa(rng, len(range(gold, n, n_docs)), seq_len, n_docs, gold, answer_len)
+        seq = torch.cat([b.x, b.y[:, -1:]], dim=1)  # (b, seq_len + 1) the whole example
+        out += [(s[:-answer_len], s[-answer_len:]) for s in seq]
+    order = [i for g in range(n_docs) for i in range(g, n, n_docs)]  # where each example came from
+    return [ex for _, ex in sorted(zip(order, out), key=lambda t: t[0])]
+
+
 @torch.no_grad()
 def accuracy(model, make_batch, n_examples, batch_size=250, device="cpu"):
     """Exact-match accuracy of the greedy next token at every answer position of
@@ -253,4 +265,30 @@ def evaluate(model, task, seq_len, n_pairs=4, n_needles=4, n_examples=500, seed=
     if not res:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
     res["acc"] = float(np.mean([res[k] for k in ("acc_mqar", "acc_needle") if k in res]))
+    return res
+
+
+@torch.no_grad()
+def evaluate_qa(model, seq_len, n_docs, answer_len=4, n_examples=500, seed=0, batch_size=250, device="cpu"):
+    """Multi-document QA on held-out examples, exact match of the whole answer, by the position
+    of the gold document (every answer token right: the same as greedy generation of the answer
+    matching it exactly). Returns 'acc_qa_g<k>' for k = 1..n_docs (1 = first document, farthest
+    from the question), 'acc_qa' and 'acc', their mean (the paper's "averaged over positions"),
+    and 'acc_qa_first': the first answer token alone, predicted right after the asked key, which
+    is the lookup (the right document found) without the copying of the rest."""
+    rng = np.random.default_rng(seed)
+    per = max(1, n_examples // n_docs)
+    res, first = {}, []
+    for k in range(n_docs):
+        hits = []
+        for i in range(0, per, batch_size):
+            b = qa(rng, min(batch_size, per - i), seq_len, n_docs, k, answer_len)
+            logits = model(b.x.to(device))
+            logits = logits[0] if isinstance(logits, tuple) else logits
+            hits.append((logits.argmax(dim=-1).cpu() == b.y)[b.answer].view(len(b.x), answer_len))  # (B, m)
+        hit = torch.cat(hits)
+        res[f"acc_qa_g{k + 1}"] = hit.all(dim=1).float().mean().item()
+        first.append(hit[:, 0].float().mean().item())
+    res["acc_qa"] = res["acc"] = float(np.mean(list(res.values())))
+    res["acc_qa_first"] = float(np.mean(first))
     return res

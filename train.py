@@ -7,12 +7,19 @@ of the *input* tokens by [MASK] before the forward pass; targets and loss stay t
     python train.py --mask_ratio 0 --out_dir out-ntp # NTP, everything else identical
     python train.py config/NAME.py --max_iters 5000  # a config file, then flags
     python train.py --init_from resume               # continue the run in out_dir exactly
+    python train.py config/sft_qa.py                 # fine-tune config/sft_base.py's model, MEAP-SFT
     torchrun --standalone --nproc_per_node 8 train.py  # DDP over 8 GPUs (gloo on CPU)
 
 The default trains on a synthetic retrieval mixture generated on the fly (see tasks.py). Every
 setting below is a global; `python train.py --help` lists them with their comments.
+
+Fine-tuning (--sft, from a checkpoint given to --init_from) trains on a fixed set of (prompt,
+answer) examples of the synthetic multi-document QA, with the loss on the answer only. MEAP-SFT
+duplicates each example and masks mask_ratio of the answer tokens in the copy (mask.py), and takes
+half as many examples per step, so both objectives see the same tokens per step (paper §3.2).
 """
 
+import functools
 import json
 import math
 import os
@@ -27,14 +34,15 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import configurator
+import mask  # mask.IGNORE: imported by name it would read as one of the settings below
 import tasks
-from mask import MODES, meap_inputs, num_masked
+from mask import MODES, meap_inputs, num_masked, sft_meap_concat, sft_meap_separate, sft_ntp
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 # I/O
 out_dir = "out"  # ckpt.pt and metrics.jsonl are written here
-init_from = "scratch"  # 'scratch', or 'resume' from out_dir/ckpt.pt with its saved settings
+init_from = "scratch"  # 'scratch'; 'resume' out_dir/ckpt.pt with its settings; or a checkpoint (folder) to fine-tune
 eval_interval = 250  # iterations between evaluations and checkpoints
 log_interval = 50  # iterations between progress lines
 eval_iters = 10  # batches for the clean val loss
@@ -56,6 +64,14 @@ n_embd = 128  # model width
 mask_ratio = 0.15  # share of input positions replaced by [MASK]; 0 = plain next-token prediction
 mask_mode = "per_sequence"  # 'per_sequence', or 'shared': one set of columns per step (official code)
 mask_queries = False  # also let MEAP mask the retrieval queries (the paper masks text uniformly)
+# fine-tuning (paper §3.2): needs --init_from CHECKPOINT; trains on the synthetic multi-document QA
+sft = "none"  # 'none' = pre-training; 'ntp' (NTP-SFT), 'concat' (the paper's MEAP-SFT), 'separate' (official code's)
+sft_examples = 2000  # size of the fixed fine-tuning set; the run makes epochs over it
+sft_min_answer = 50  # the paper's: answers shorter than this get plain NTP-SFT (set it below answer_len here)
+sft_static = False  # draw each example's masked positions once (the official code), not at every step
+n_docs = 6  # qa: documents per prompt, one of them (the gold one) holding the answer
+answer_len = 4  # qa: answer tokens
+qa_tokens = 64  # qa: tokens per example, prompt and answer; 'concat' needs block_size >= 2 * qa_tokens - 1
 # optimizer: AdamW, linear warm-up, cosine decay to min_lr (the paper: 4e-4 -> 4e-5, 10% warm-up)
 learning_rate = 3e-3  # peak; small models take a larger one than the paper's 4e-4
 max_iters = 2000  # optimizer steps
@@ -98,9 +114,21 @@ if init_from == "resume":
         if k in overrides and overrides[k] != saved_config[k]:
             die(f"--{k} {overrides[k]} does not match the checkpoint's {saved_config[k]}; "
                 f"drop the flag to resume, or use a new --out_dir")
-elif init_from != "scratch":
-    die(f"--init_from must be 'scratch' or 'resume', got {init_from!r}")
+elif init_from != "scratch":  # fine-tune: the weights and the model's shape from a checkpoint
+    base_path = init_from if init_from.endswith(".pt") else os.path.join(init_from, "ckpt.pt")
+    if not os.path.exists(base_path):
+        die(f"--init_from {init_from}: no checkpoint there (give a ckpt.pt, its folder, 'scratch' or 'resume')")
+    try:
+        checkpoint = torch.load(base_path, map_location="cpu", weights_only=False)
+        base_config = checkpoint["config"]
+    except Exception as e:
+        die(f"cannot read {base_path} as a train.py checkpoint ({type(e).__name__})")
+    for k in ("dataset", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
+        if k in overrides and overrides[k] != base_config[k]:
+            die(f"--{k} {overrides[k]} does not match {base_path}'s {base_config[k]}; drop the flag")
+        globals()[k] = base_config[k]
 config = {k: globals()[k] for k in config_keys}
+finetune = sft != "none"
 
 # check the settings here, so that a mistake is one line now rather than a traceback later
 try:
@@ -113,6 +141,32 @@ if dtype not in ("auto", "float32", "bfloat16", "float16"):
     die(f"--dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
 if dataset == "synthetic" and task not in tasks.TASKS:
     die(f"--task must be one of {tasks.TASKS}, got {task!r}")
+if sft not in ("none", "ntp", "concat", "separate"):
+    die(f"--sft must be none, ntp, concat or separate, got {sft!r}")
+if finetune:
+    if init_from == "scratch":
+        die("--sft fine-tunes a trained model: give its checkpoint, --init_from out-base (or ckpt.pt)")
+    if dataset != "synthetic":
+        die(f"--sft trains on the synthetic multi-document QA; drop --dataset {dataset}")
+    if sft == "ntp" and mask_ratio > 0:
+        die("--sft ntp masks nothing: pass --mask_ratio 0 (or --sft concat / separate for MEAP-SFT)")
+    if sft != "ntp" and batch_size % 2:
+        die(f"--sft {sft} takes batch_size / 2 examples per step (each twice): --batch_size must be even")
+    if sft != "ntp" and answer_len < sft_min_answer:  # every qa answer has answer_len tokens
+        die(f"--sft {sft}: the {answer_len}-token answers are under sft_min_answer {sft_min_answer}, so MEAP-SFT "
+            f"would be NTP-SFT on half the examples; lower --sft_min_answer (the paper's 50 is for text answers)")
+    if sft != "ntp" and mask_ratio > 0 and num_masked(answer_len, mask_ratio) == 0:
+        die(f"--mask_ratio {mask_ratio} masks floor({answer_len} x {mask_ratio}) = 0 of the {answer_len} answer "
+            f"tokens; raise it to {math.ceil(100 / answer_len) / 100} or more (or 0: duplication alone)")
+    need = 2 * qa_tokens - 1 if sft == "concat" else qa_tokens - 1
+    if need > block_size:
+        die(f"--sft {sft} needs block_size >= {need} for qa_tokens {qa_tokens}; lower --qa_tokens")
+    try:
+        tasks.qa(np.random.default_rng(0), 1, qa_tokens - 1, n_docs, 0, answer_len)
+    except ValueError as e:
+        die(f"{e}; raise --qa_tokens or lower --n_docs / --answer_len")
+    if sft_examples < 1:
+        die(f"--sft_examples must be at least 1, got {sft_examples}")
 for k in ("batch_size", "block_size", "max_iters", "n_layer", "n_head", "n_embd", "gradient_accumulation_steps",
           "eval_interval", "log_interval", "eval_iters", "eval_examples"):
     if globals()[k] < 1:
@@ -153,7 +207,10 @@ ptdtype = getattr(torch, dtype)
 ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
-tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
+row_tokens = block_size
+if finetune:  # input tokens per row: NTP-SFT's example; MEAP-SFT's rows hold two examples' worth per two rows
+    row_tokens = qa_tokens - 1 if sft != "concat" else (2 * qa_tokens - 1) / 2
+tokens_per_iter = int(gradient_accumulation_steps * ddp_world_size * batch_size * row_tokens)
 
 # -----------------------------------------------------------------------------
 # data. Every batch is a pure function of (seed, rank, iteration, micro-step): a resumed run sees
@@ -201,6 +258,52 @@ def get_batch(split, it, micro=0):
     return seq[:, :-1], seq[:, 1:], torch.zeros(batch_size, block_size, dtype=torch.bool)
 
 
+# fine-tuning data: a fixed set of sft_examples (prompt, answer) pairs, the same for every --sft of
+# a seed, visited in a fresh order every epoch; the stream position of an example is a pure function
+# of (iteration, process, micro-step), so resuming and the comparison stay exact.
+if finetune:
+    sft_set = tasks.qa_examples(np.random.default_rng([seed, 3]), sft_examples, qa_tokens - 1, n_docs, answer_len)
+    sft_per_step = batch_size if sft == "ntp" else batch_size // 2  # MEAP: half the examples, twice the tokens
+
+
+@functools.lru_cache(maxsize=2)
+def epoch_order(epoch):
+    return np.random.default_rng([seed, 4, epoch]).permutation(sft_examples)
+
+
+def collate(pairs):
+    """(x, y) pairs of 1-D tensors -> (B, T) tensors, right-padded (x with 0, y with IGNORE, which
+    the loss skips; padding after a row's end cannot change it under causal attention)."""
+    T = max(len(x) for x, _ in pairs)
+    x = torch.zeros(len(pairs), T, dtype=torch.long)
+    y = torch.full((len(pairs), T), mask.IGNORE, dtype=torch.long)
+    for i, (xi, yi) in enumerate(pairs):
+        x[i, :len(xi)], y[i, :len(yi)] = xi, yi
+    return x, y
+
+
+def sft_batch(it, micro):
+    """One micro-step of fine-tuning in the layout of --sft: sft_per_step examples of the set."""
+    first = ((it * ddp_world_size + ddp_rank) * gradient_accumulation_steps + micro) * sft_per_step
+    rows = []
+    for n in range(first, first + sft_per_step):
+        epoch, k = divmod(n, sft_examples)
+        i = int(epoch_order(epoch)[k])  # the example's index in the set
+        prompt, answer = sft_set[i]
+        if sft == "ntp":
+            rows.append(sft_ntp(prompt, answer))
+            continue
+        # static: an example's masked positions depend on the example alone (drawn once, as the
+        # official code does at preprocessing); dynamic: on the example and the step
+        g = torch.Generator().manual_seed(int(np.random.default_rng(
+            [seed, 5, i] if sft_static else [seed, 5, i, it, micro, ddp_rank]).integers(2**62)))
+        if sft == "concat":
+            rows.append(sft_meap_concat(prompt, answer, mask_ratio, mask_token_id, sft_min_answer, g))
+        else:
+            rows += sft_meap_separate(prompt, answer, mask_ratio, mask_token_id, sft_min_answer, g)
+    return to_device(*collate(rows))
+
+
 def to_device(*ts):
     if device_type == "cuda":  # pinned memory lets the copy overlap with compute
         return [t.pin_memory().to(device, non_blocking=True) for t in ts]
@@ -210,7 +313,9 @@ def to_device(*ts):
 def train_batch(it, micro):
     """The MEAP input: the clean batch with [MASK] at floor(T * mask_ratio) positions per
     sequence (§3.1). Queries are not masked unless mask_queries: the answer after a hidden query
-    is noise no model can learn. The targets y stay clean."""
+    is noise no model can learn. The targets y stay clean. When fine-tuning: sft_batch()."""
+    if finetune:
+        return sft_batch(it, micro)
     x, y, answer = get_batch("train", it, micro)
     g = torch.Generator()
     if mask_mode == "shared":
@@ -231,7 +336,12 @@ raw_model = GPT(GPTConfig(**model_args)).to(device)
 optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
 iter_num = 0
-if checkpoint is not None:
+if checkpoint is not None and init_from not in ("scratch", "resume"):  # fine-tuning: the weights only
+    if checkpoint["model_args"] != model_args:
+        die(f"{base_path} was trained with {checkpoint['model_args']}, not {model_args}")
+    raw_model.load_state_dict(checkpoint["model"])
+    del checkpoint
+elif checkpoint is not None:
     if checkpoint["model_args"] != model_args:
         die(f"{ckpt_path} was trained with {checkpoint['model_args']}, not {model_args}; use a new --out_dir")
     try:
@@ -264,11 +374,20 @@ def evaluate():
     raw_model.eval()
     losses = []
     for k in range(eval_iters):
-        x, y = to_device(*get_batch("val", k)[:2])
+        if finetune:  # the loss on held-out answers, in the NTP-SFT layout whatever --sft is
+            held_out = tasks.qa_examples(np.random.default_rng([VAL_SEED, k]), batch_size, qa_tokens - 1, n_docs,
+                                         answer_len)
+            x, y = to_device(*collate([sft_ntp(p, a) for p, a in held_out]))
+        else:
+            x, y = to_device(*get_batch("val", k)[:2])
         with ctx:
             losses.append(raw_model(x, y)[1].item())
     out = {"val_loss": float(np.mean(losses))}
-    if dataset == "synthetic":
+    if finetune:
+        with ctx:
+            out.update(tasks.evaluate_qa(raw_model, qa_tokens - 1, n_docs, answer_len, eval_examples,
+                                         seed=[VAL_SEED, 1], device=device))
+    elif dataset == "synthetic":
         with ctx:
             out.update(tasks.evaluate(raw_model, task, block_size, n_pairs, n_needles, eval_examples,
                                       seed=[VAL_SEED, 1], device=device))
@@ -302,6 +421,10 @@ if master:
         f.writelines(kept)
     what = f"MEAP, mask_ratio {mask_ratio} ({mask_mode})" if mask_ratio > 0 else "NTP (mask_ratio 0)"
     data_name = f"synthetic '{task}'" if dataset == "synthetic" else f"data/{dataset}"
+    if finetune:
+        what = f"SFT '{sft}'" + (f", mask_ratio {mask_ratio}" if sft != "ntp" else "")
+        data_name = (f"{sft_examples} qa examples ({n_docs} documents, {answer_len}-token answers, "
+                     f"{qa_tokens} tokens), from {init_from}")
     print(f"{what} | {raw_model.num_params() / 1e6:.2f}M parameters | {data_name} | "
           f"{tokens_per_iter:,} tokens/iter | {device} {dtype} | {ddp_world_size} process(es)")
     if iter_num:
@@ -316,7 +439,7 @@ while True:
 
     if master and (iter_num % eval_interval == 0 or iter_num >= max_iters):
         final = evaluate()
-        accs = " ".join(f"{k[4:]} {v:.3f}" for k, v in final.items() if k in ("acc_mqar", "acc_needle"))
+        accs = " ".join(f"{k[4:]} {v:.3f}" for k, v in final.items() if k in ("acc_mqar", "acc_needle", "acc_qa"))
         print(f"eval {iter_num}: clean val loss {final['val_loss']:.4f}" + (f" | acc {accs}" if accs else ""))
         log_metrics({"iter": iter_num, **final})
         if iter_num > 0:
@@ -371,7 +494,7 @@ if ddp:  # every process should end with the same weights; check, then say so
 if master:
     line = f"final: clean val loss {final['val_loss']:.4f}"
     if "acc" in final:
-        parts = ", ".join(f"{k[4:]} {final[k]:.3f}" for k in ("acc_mqar", "acc_needle") if k in final)
+        parts = ", ".join(f"{k[4:]} {final[k]:.3f}" for k in ("acc_mqar", "acc_needle", "acc_qa") if k in final)
         line += f" | retrieval accuracy {final['acc']:.3f} ({parts})"
     wall = time.time() - t_start
     print(line + f" | {int(wall // 60)}m{int(wall % 60):02d}s | checkpoint {ckpt_path}")

@@ -95,7 +95,7 @@ def test_grid_runs_resumes_and_reports(tmp_path):
 def test_bad_input_is_one_clear_line(tmp_path):
     out = str(tmp_path / "g")
     for args, msg in [(["--preset", "huge"], "unknown preset 'huge'; choose one of cpu, gpu, tiny"),
-                      (["--set", "mask_ratio=0.1"], "--set mask_ratio is chosen by the grid"),
+                      (["--set", "mask_ratio=0.1"], "--set mask_ratio is chosen by the comparison"),
                       (["--set", "n_layer"], "--set takes KEY=VALUE"),
                       (["--ratios", "0,x"], "cannot read '0,x' as a comma-separated list of floats"),
                       (["--epochs", "3"], "unrecognized arguments: --epochs 3"),

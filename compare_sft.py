@@ -1,0 +1,265 @@
+"""
+NTP-SFT vs MEAP-SFT, measured (paper §3.2): pre-train one NTP base, fine-tune it on the synthetic
+multi-document QA with each objective and several seeds, and report exact-match accuracy by the
+position of the gold document (the lost-in-the-middle curve) with a table and a plot.
+
+    python compare_sft.py                       # the README's table: 13 runs, ~20 min on 2 CPU cores
+    python compare_sft.py --arms ntp,concat --seeds 1,2 --out results/sft-try
+    python compare_sft.py --set max_iters=1600  # any train.py setting, for every fine-tuning run
+
+The arms (train.py --sft and --mask_ratio), all from the same base, at equal tokens per step:
+- ntp: NTP-SFT, the loss on the answer tokens.
+- concat: the paper's MEAP-SFT, [prompt, answer, prompt, masked answer] in one sequence, half the
+  examples per step (so half the epochs), the loss on both answers.
+- separate: the official code's MEAP-SFT, the plain example plus a masked copy of it whose only
+  targets are the masked tokens, half the examples per step.
+- duplicate: concat with mask_ratio 0, the control that tells the masking from the duplication.
+
+A seed fixes the fine-tuning set, its order and the masks; arms of one seed share the set and the
+order. The paper masks 10% of answers of at least 50 tokens; our answers are 4 tokens, where 10%
+masks none (the count is floor(4 * 0.1) = 0), so the preset masks 1 of 4 (mask_ratio 0.25).
+Runs live in OUT/base and OUT/runs/<arm>_s<seed>; an interrupted comparison resumes.
+"""
+
+import argparse
+import json
+import os
+import runpy
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+import numpy as np
+import torch
+
+import tasks
+from compare import (apply_set, load_model, mean_sd, paired_ci, parse_list, read_json, steps_to, summary, write_json,
+                     write_text)
+
+ARMS = {  # name: (train.py --sft, --mask_ratio; None = the preset's ratio)
+    "ntp": ("ntp", 0.0),
+    "concat": ("concat", None),
+    "separate": ("separate", None),
+    "duplicate": ("concat", 0.0),
+}
+LABELS = {"base": "base (no SFT)", "ntp": "NTP-SFT", "concat": "MEAP-SFT, concat (paper)",
+          "separate": "MEAP-SFT, separate (official code)", "duplicate": "duplicate, no mask (control)"}
+
+
+def config_file(path):
+    """The settings a train.py config file assigns, as a dict."""
+    return {k: v for k, v in runpy.run_path(path).items() if not k.startswith("__")}
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BASE, SFT = config_file(os.path.join(HERE, "config/sft_base.py")), config_file(os.path.join(HERE, "config/sft_qa.py"))
+FIXED = ("out_dir", "init_from", "sft", "mask_ratio", "seed")  # chosen by the comparison, per run
+PRESETS = {
+    # the README's table, from the two config files, on 2 CPU cores: the base (3.4 min), then 12
+    # fine-tuning runs of ~2.5 min, two at a time
+    "cpu": dict(base={**{k: v for k, v in BASE.items() if k != "out_dir"}, "device": "cpu", "dtype": "float32"},
+                sft={**{k: v for k, v in SFT.items() if k not in FIXED}, "device": "cpu", "dtype": "float32"},
+                mask_ratio=SFT["mask_ratio"], arms=("ntp", "concat", "separate", "duplicate"), seeds=(1, 2, 3),
+                jobs=2, threads=1, examples=1200),
+    # seconds: for the tests
+    "tiny": dict(base=dict(task="mix", block_size=48, batch_size=4, n_layer=1, n_head=2, n_kv_head=2, n_embd=32,
+                           n_pairs=2, n_needles=2, max_iters=4, warmup_iters=1, eval_interval=2, eval_iters=1,
+                           eval_examples=10, log_interval=1, mask_ratio=0.0, device="cpu"),
+                 sft=dict(n_docs=3, answer_len=4, qa_tokens=24, sft_examples=16, sft_min_answer=1, batch_size=4,
+                          max_iters=4, warmup_iters=1, eval_interval=2, eval_iters=1, eval_examples=6,
+                          log_interval=1, device="cpu"),
+                 mask_ratio=0.25, arms=("ntp", "concat"), seeds=(1, 2), jobs=1, threads=1, examples=12),
+}
+EVAL_SEED = (2**31, 9)  # held-out questions: no training stream is seeded like this
+
+
+def train(run_dir, settings, threads, log_name="train.log"):
+    """Run train.py with these settings into run_dir (resuming a checkpoint there; nothing when
+    that checkpoint is finished); raise with the log's path when it fails."""
+    os.makedirs(run_dir, exist_ok=True)
+    if os.path.exists(os.path.join(run_dir, "ckpt.pt")) and load_model(run_dir)[2] >= int(settings["max_iters"]):
+        return
+    cmd = [sys.executable, "train.py", "--out_dir", run_dir] + [f"--{k}={v}" for k, v in settings.items()]
+    if os.path.exists(os.path.join(run_dir, "ckpt.pt")):
+        cmd += ["--init_from", "resume"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads))
+    with open(os.path.join(run_dir, log_name), "a") as log:
+        p = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                           cwd=os.path.dirname(os.path.abspath(__file__)))
+    if p.returncode != 0:
+        raise RuntimeError(f"train.py failed for {run_dir}; see {run_dir}/{log_name}")
+
+
+def score(run_dir, sft_settings, examples):
+    """Exact match by gold position on held-out questions (tasks.evaluate_qa), and the accuracy
+    during fine-tuning that train.py logged (none for the base); written to run_dir/sft.json."""
+    model, _, _ = load_model(run_dir)
+    res = tasks.evaluate_qa(model, int(sft_settings["qa_tokens"]) - 1, int(sft_settings["n_docs"]),
+                            int(sft_settings["answer_len"]), examples, seed=list(EVAL_SEED))
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        evals = [row for row in map(json.loads, f) if "acc_qa" in row]
+    res["curve"] = [[row["iter"], row["acc_qa"]] for row in evals]
+    res["steps_to_50"] = steps_to(evals, 0.5, "acc_qa")
+    write_json(os.path.join(run_dir, "sft.json"), res)
+    return res
+
+
+def run_all(out, arms, seeds, preset, settings, ratio, jobs, examples):
+    """The base, then every (arm, seed) without an sft.json, `jobs` at a time; returns
+    {(arm, seed): results} with the base under ('base', seed) for every seed."""
+    base_dir = os.path.abspath(os.path.join(out, "base"))
+    if not os.path.exists(os.path.join(base_dir, "sft.json")):
+        t = time.time()
+        print("pre-training the NTP base ...", flush=True)
+        train(base_dir, dict(preset["base"], seed=0), threads=2)
+        print(f"base done | {(time.time() - t) / 60:.1f} min", flush=True)
+        score(base_dir, settings, examples)
+    results = {("base", s): read_json(os.path.join(base_dir, "sft.json")) for s in seeds}
+
+    todo = []
+    for seed in seeds:
+        for arm in arms:
+            path = os.path.abspath(os.path.join(out, "runs", f"{arm}_s{seed}"))
+            if os.path.exists(os.path.join(path, "sft.json")):
+                results[(arm, seed)] = read_json(os.path.join(path, "sft.json"))
+            else:
+                todo.append((arm, seed, path))
+
+    def one(job):
+        arm, seed, path = job
+        layout, r = ARMS[arm]
+        t = time.time()
+        run = dict(settings, sft=layout, mask_ratio=ratio if r is None else r, seed=seed)
+        if not os.path.exists(os.path.join(path, "ckpt.pt")):
+            run["init_from"] = base_dir
+        train(path, run, threads=preset["threads"])
+        return arm, seed, score(path, settings, examples), time.time() - t
+
+    t0 = time.time()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for n, future in enumerate(as_completed([pool.submit(one, job) for job in todo]), 1):
+            try:
+                arm, seed, res, dt = future.result()
+            except RuntimeError as e:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise SystemExit(f"error: {e}")
+            results[(arm, seed)] = res
+            eta = (time.time() - t0) / n * (len(todo) - n)
+            print(f"[{n}/{len(todo)}] {arm} seed {seed}: exact match {res['acc_qa']:.3f} | {dt / 60:.1f} min | "
+                  f"eta {eta / 60:.1f} min", flush=True)
+    return results
+
+
+def table(results, arms, seeds, n_docs):
+    """Markdown: the position-averaged accuracy and steps to 50% per arm (mean ± sd over seeds),
+    each arm minus NTP-SFT paired by seed, and the accuracy by gold position."""
+    rows = ["base"] + list(arms)
+    cols = [("acc_qa", "exact match, mean over positions", "{:.3f}"),
+            ("acc_qa_first", "first answer token (the lookup)", "{:.3f}")]
+    cols += [(f"acc_qa_g{k}", f"gold {k}", "{:.3f}") for k in (1, (n_docs + 1) // 2, n_docs)]
+    md = summary(results, rows, seeds, cols, names=LABELS, baseline="ntp", first="fine-tuning")
+    md += "\nExact match by position of the gold document (1 = first, farthest from the question), mean over seeds.\n"
+    md += "| fine-tuning | " + " | ".join(str(k) for k in range(1, n_docs + 1)) + " | steps to 50% |\n"
+    md += "|---" * (n_docs + 2) + "|\n"
+    for a in rows:
+        accs = [mean_sd([results[(a, s)][f"acc_qa_g{k}"] for s in seeds])[0] for k in range(1, n_docs + 1)]
+        steps = [results[(a, s)].get("steps_to_50", float("nan")) for s in seeds]
+        never = int(np.isnan(steps).sum())
+        cell = "n/a" if a == "base" else "never" if never == len(seeds) else \
+            f"{mean_sd(steps)[0]:.0f}" + (f" ({never} never)" if never else "")
+        md += f"| {LABELS[a]} | " + " | ".join(f"{v:.3f}" for v in accs) + f" | {cell} |\n"
+    return md
+
+
+COLORS = {"base": "tab:gray", "ntp": "tab:blue", "concat": "tab:orange", "separate": "tab:green",
+          "duplicate": "tab:purple"}
+
+
+def figure(results, arms, seeds, n_docs, batch_size):
+    """Three panels: exact match by gold position (mean ± sd over seeds); during fine-tuning, by
+    step (equal tokens); and by examples seen (MEAP-SFT takes batch_size / 2 per step)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(17, 4.2))
+    ax, ax2, ax3 = fig.subplots(1, 3)
+    xs = np.arange(1, n_docs + 1)
+    for a in ["base"] + list(arms):
+        style = dict(color=COLORS[a], label=LABELS[a], ls=":" if a in ("base", "duplicate") else "-")
+        m = np.array([[results[(a, s)][f"acc_qa_g{k}"] for k in xs] for s in seeds])  # (seeds, positions)
+        ax.errorbar(xs, m.mean(0), yerr=m.std(0), marker="o", capsize=3, **style)
+        if a != "base":
+            curves = np.array([results[(a, s)]["curve"] for s in seeds])  # (seeds, evals, 2): step, accuracy
+            per_step = batch_size if a == "ntp" else batch_size // 2
+            ax2.plot(curves[0, :, 0], curves[:, :, 1].mean(0), **style)
+            ax3.plot(curves[0, :, 0] * per_step, curves[:, :, 1].mean(0), **style)
+    ax.set(title=f"multi-document QA, {n_docs} documents", xlabel="position of the gold document (1 = first)",
+           ylabel="exact match (held out)", ylim=(-0.02, 1.02), xticks=xs)
+    ax2.set(title="during fine-tuning: equal tokens per step", xlabel="fine-tuning step",
+            ylabel="exact match, mean over positions", ylim=(-0.02, 1.02))
+    ax3.set(title="the same curves by examples seen", xlabel="examples seen (with repeats)",
+            ylabel="exact match, mean over positions", ylim=(-0.02, 1.02))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="NTP-SFT vs MEAP-SFT from one base (see the docstring).")
+    ap.add_argument("--preset", default="cpu", help=f"one of {', '.join(PRESETS)}")
+    ap.add_argument("--out", default=None, help="results folder (default results/sft-PRESET)")
+    ap.add_argument("--arms", default=None, help=f"comma-separated, from {', '.join(ARMS)}; ntp is the baseline")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds")
+    ap.add_argument("--mask_ratio", type=float, default=None, help="MEAP-SFT's share of answer tokens to mask")
+    ap.add_argument("--jobs", type=int, default=None, help="runs at a time")
+    ap.add_argument("--examples", type=int, default=None, help="held-out questions per run (over all positions)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.py settings for every SFT run")
+    ap.error = lambda msg: sys.exit(f"error: {msg} (python compare_sft.py --help lists the options)")
+    args = ap.parse_args(argv)
+    if args.preset not in PRESETS:
+        raise SystemExit(f"error: unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    p = PRESETS[args.preset]
+    settings = apply_set(p["sft"], args.set, FIXED, "--arms/--mask_ratio/--seeds/--out")
+    arms = parse_list(args.arms, str) if args.arms else p["arms"]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or "ntp" not in arms:
+        raise SystemExit(f"error: --arms takes names from {', '.join(ARMS)}, ntp included (got {args.arms!r})")
+    seeds = parse_list(args.seeds, int) if args.seeds else p["seeds"]
+    ratio = p["mask_ratio"] if args.mask_ratio is None else args.mask_ratio
+    if not 0 < ratio < 1:
+        raise SystemExit(f"error: --mask_ratio must be in (0, 1) for MEAP-SFT, got {ratio}")
+    jobs = p["jobs"] if args.jobs is None else args.jobs
+    examples = p["examples"] if args.examples is None else args.examples
+    if jobs < 1 or examples < 1:
+        raise SystemExit(f"error: --jobs and --examples must be at least 1 (got {jobs} and {examples})")
+    out = args.out or os.path.join("results", f"sft-{args.preset}")
+    os.makedirs(out, exist_ok=True)
+    cfg_path = os.path.join(out, "grid.json")  # one configuration per folder
+    grid = {"base": {k: str(v) for k, v in p["base"].items()}, "sft": {k: str(v) for k, v in settings.items()},
+            "mask_ratio": ratio, "examples": examples}
+    if os.path.exists(cfg_path) and read_json(cfg_path) != grid:
+        raise SystemExit(f"error: {out} holds runs with other settings ({cfg_path}); use a new --out")
+    write_json(cfg_path, grid)
+
+    print(f"compare_sft: a base, then {len(arms) * len(seeds)} fine-tuning runs ({', '.join(arms)} x seeds "
+          f"{', '.join(map(str, seeds))}), {jobs} at a time, in {out}", flush=True)
+    t0 = time.time()
+    torch.set_num_threads(2)
+    results = run_all(out, arms, seeds, p, settings, ratio, jobs, examples)
+    n_docs = int(settings["n_docs"])
+    cmd = " ".join(["python compare_sft.py"] + (argv if argv is not None else sys.argv[1:]))
+    md = table(results, arms, seeds, n_docs)
+    write_text(os.path.join(out, "results.md"), f"`{cmd}`\n\n{md}")
+    fig = figure(results, arms, seeds, n_docs, int(settings["batch_size"]))
+    fig.savefig(os.path.join(out, "results.png.tmp"), dpi=90, format="png")
+    os.replace(os.path.join(out, "results.png.tmp"), os.path.join(out, "results.png"))
+    print(md)
+    if "concat" in arms:
+        d, h = paired_ci(*([results[(a, s)]["acc_qa"] for s in seeds] for a in ("concat", "ntp")))
+        print(f"MEAP-SFT (concat) - NTP-SFT, averaged over positions: {100 * d:+.1f} points "
+              f"[{100 * (d - h):+.1f}, {100 * (d + h):+.1f}] (the paper: +11.77 on 20-document QA, Llama-3-8B)")
+    print(f"wrote {out}/results.md and {out}/results.png | {(time.time() - t0) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

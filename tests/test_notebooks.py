@@ -10,7 +10,8 @@ from nbclient import NotebookClient
 from helpers import ROOT
 
 NOTEBOOK_DIR = os.path.join(ROOT, "notebooks")
-NOTEBOOKS = ["01_masking.ipynb", "02_retrieval.ipynb", "03_attention.ipynb"]
+NOTEBOOKS = ["01_masking.ipynb", "02_retrieval.ipynb", "03_attention.ipynb", "04_sft.ipynb"]
+TRAINED_IN = {"02_retrieval.ipynb": "results/cpu", "03_attention.ipynb": "results/cpu", "04_sft.ipynb": "results/sft-cpu"}
 
 
 def test_the_notebooks_are_the_listed_ones():
@@ -39,5 +40,5 @@ def test_committed_notebook_is_a_clean_top_to_bottom_run_with_plots(name):
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 2, f"{name} shows {len(images)} plots"
-    if name != "01_masking.ipynb":  # trained (or loaded) the cpu preset's runs, not the tests' tiny ones
-        assert any("runs in results/cpu" in o.get("text", "") for o in outputs)
+    if name in TRAINED_IN:  # trained (or loaded) the cpu preset's runs, not the tests' tiny ones
+        assert any(f"runs in {TRAINED_IN[name]}\n" in o.get("text", "") for o in outputs)

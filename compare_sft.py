@@ -3,7 +3,7 @@ NTP-SFT vs MEAP-SFT, measured (paper §3.2): pre-train one NTP base, fine-tune i
 multi-document QA with each objective and several seeds, and report exact-match accuracy by the
 position of the gold document (the lost-in-the-middle curve) with a table and a plot.
 
-    python compare_sft.py                       # the README's table: 13 runs, ~20 min on 2 CPU cores
+    python compare_sft.py                       # the README's table: a base and 12 runs, 21 min on 2 CPU cores
     python compare_sft.py --arms ntp,concat --seeds 1,2 --out results/sft-try
     python compare_sft.py --set max_iters=1600  # any train.py setting, for every fine-tuning run
 

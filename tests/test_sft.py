@@ -141,6 +141,22 @@ def test_sft_resume_reproduces_the_uninterrupted_run(tiny_ckpt, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_fine_tuning_learns_the_qa_far_above_chance(tmp_path):
+    """An NTP base that learned MQAR, fine-tuned on 3-document QA with 2-token answers. Untrained,
+    no answer is right (0); answering with the fact of a random document would score 1/3. A
+    broken label layout (targets shifted, or the prompt as target) stays near 0 here."""
+    run_script("train.py", "--task", "mqar", "--n_pairs", "4", "--block_size", "32", "--max_iters", "400",
+               "--warmup_iters", "40", "--eval_interval", "400", "--log_interval", "100", "--mask_ratio", "0",
+               "--device", "cpu", "--out_dir", str(tmp_path / "base"))
+    run_script("train.py", "--init_from", str(tmp_path / "base"), "--sft", "ntp", "--mask_ratio", "0", "--n_docs", "3",
+               "--answer_len", "2", "--qa_tokens", "32", "--sft_examples", "4000", "--max_iters", "250",
+               "--warmup_iters", "20", "--eval_interval", "250", "--log_interval", "100", "--device", "cpu",
+               "--out_dir", str(tmp_path / "sft"))
+    with open(tmp_path / "sft" / "metrics.jsonl") as f:
+        evals = [r for r in map(json.loads, f) if "acc_qa" in r]
+    assert evals[0]["acc_qa"] == 0.0 and evals[-1]["iter"] == 250 and evals[-1]["acc_qa"] > 0.6, evals[-1]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--sft", "ntp", "--mask_ratio", "0"], "error: --sft fine-tunes a trained model: give its checkpoint"),
     (["--sft", "concat", "--init_from", "nowhere"], "error: --init_from nowhere: no checkpoint there"),

@@ -146,8 +146,9 @@ if sft not in ("none", "ntp", "concat", "separate"):
 if finetune:
     if init_from == "scratch":
         die("--sft fine-tunes a trained model: give its checkpoint, --init_from out-base (or ckpt.pt)")
-    if dataset != "synthetic":
-        die(f"--sft trains on the synthetic multi-document QA; drop --dataset {dataset}")
+    if dataset != "synthetic":  # the dataset comes with the checkpoint
+        die(f"--sft fine-tunes on the synthetic multi-document QA, but {init_from} was trained on data/{dataset}; "
+            f"start from a checkpoint of the synthetic tasks")
     if sft == "ntp" and mask_ratio > 0:
         die("--sft ntp masks nothing: pass --mask_ratio 0 (or --sft concat / separate for MEAP-SFT)")
     if sft != "ntp" and batch_size % 2:

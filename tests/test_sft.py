@@ -214,3 +214,13 @@ def test_compare_sft_tiny_writes_a_table_and_a_plot_then_reuses_the_runs(tmp_pat
 def test_compare_sft_mistakes_are_one_line_errors(tmp_path, args, message):
     p = run_script("compare_sft.py", "--out", str(tmp_path), *args, check=False, timeout=60)
     assert p.returncode != 0 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_sft_from_a_text_checkpoint_is_a_one_line_error(tiny_ckpt, tmp_path):
+    ckpt = torch.load(tiny_ckpt / "ckpt.pt", weights_only=False)
+    ckpt["config"]["dataset"] = "shakespeare"  # as if trained on data/shakespeare
+    torch.save(ckpt, tmp_path / "text.pt")
+    p = run_script("train.py", "--init_from", str(tmp_path / "text.pt"), "--sft", "ntp", "--mask_ratio", "0", *SFT,
+                   "--out_dir", str(tmp_path / "out"), check=False, timeout=60)
+    assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1
+    assert "was trained on data/shakespeare; start from a checkpoint of the synthetic tasks" in p.stderr

@@ -172,8 +172,10 @@ def train_cmd(run_dir, ratio, seed, settings):
     return cmd
 
 
-def do_run(run_dir, ratio, seed, settings, threads, examples):
-    """Train (or finish training) one run, then evaluate it; writes run_dir/suite.json."""
+def train(run_dir, ratio, seed, settings, threads):
+    """Train one run with train.py (train_cmd) into run_dir, logging to run_dir/train.log: from
+    scratch, from its checkpoint, or not at all when that checkpoint has reached max_iters.
+    threads: OMP threads for train.py (0 = its default). RuntimeError naming the log on failure."""
     run_dir = os.path.abspath(run_dir)  # train.py runs from the repository, wherever we were called
     os.makedirs(run_dir, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -186,6 +188,36 @@ def do_run(run_dir, ratio, seed, settings, threads, examples):
                                env=env, cwd=os.path.dirname(os.path.abspath(__file__)))
         if p.returncode != 0:
             raise RuntimeError(f"train.py failed for {run_dir}; see {run_dir}/train.log")
+
+
+def in_parallel(fn, todo, jobs, describe, eta_label="eta"):
+    """fn(job) for every job of todo, `jobs` at a time, with a progress line after each:
+    describe(job, result), its minutes and the ETA. A RuntimeError (a failed run) starts no more
+    jobs and exits with its one line. Returns [(job, result)] in the order they finished."""
+    t0, done = time.time(), []
+
+    def timed(job):
+        t = time.time()
+        return job, fn(job), time.time() - t
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for n, future in enumerate(as_completed([pool.submit(timed, job) for job in todo]), 1):
+            try:
+                job, res, dt = future.result()
+            except RuntimeError as e:  # a failed run: start no more, say which and where its log is
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise SystemExit(f"error: {e}")
+            done.append((job, res))
+            eta = (time.time() - t0) / n * (len(todo) - n)
+            print(f"[{n}/{len(todo)}] {describe(job, res)} | {dt / 60:.1f} min | {eta_label} {eta / 60:.1f} min",
+                  flush=True)
+    return done
+
+
+def do_run(run_dir, ratio, seed, settings, threads, examples):
+    """Train (or finish training) one run, then evaluate it; writes run_dir/suite.json."""
+    run_dir = os.path.abspath(run_dir)
+    train(run_dir, ratio, seed, settings, threads)
     if threads:
         torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() and str(settings.get("device", "auto")).startswith(("auto", "cuda")) \
@@ -215,27 +247,14 @@ def run_grid(out, ratios, seeds, settings, jobs=1, threads=1, examples=400):
                 todo.append((r, seed, path))
     if results:
         print(f"reusing {len(results)} finished run(s) in {out}/runs")
-    t0, n_done = time.time(), 0
 
-    def one(job):
-        r, seed, path = job
-        t = time.time()
-        res = do_run(path, r, seed, settings, threads, examples)
-        return r, seed, res, time.time() - t
+    def describe(job, res):
+        return (f"mask_ratio {job[0]:.2f} seed {job[1]}: needle {res['needle']:.3f} mqar {res['mqar']:.3f} "
+                f"mqar_2x {res['mqar_2x']:.3f} kv {res['kv']:.3f}")
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for future in as_completed([pool.submit(one, job) for job in todo]):
-            try:
-                r, seed, res, dt = future.result()
-            except RuntimeError as e:  # a failed run: start no more, say which and where its log is
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise SystemExit(f"error: {e}")
-            results[(r, seed)] = res
-            n_done += 1
-            eta = (time.time() - t0) / n_done * (len(todo) - n_done)
-            print(f"[{n_done}/{len(todo)}] mask_ratio {r:.2f} seed {seed}: needle {res['needle']:.3f} "
-                  f"mqar {res['mqar']:.3f} mqar_2x {res['mqar_2x']:.3f} kv {res['kv']:.3f} | "
-                  f"{dt / 60:.1f} min | grid eta {eta / 60:.1f} min", flush=True)
+    finished = in_parallel(lambda job: do_run(job[2], job[0], job[1], settings, threads, examples), todo, jobs,
+                           describe, eta_label="grid eta")
+    results.update({(r, seed): res for (r, seed, _), res in finished})
     return results
 
 

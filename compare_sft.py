@@ -25,17 +25,15 @@ import argparse
 import json
 import os
 import runpy
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 import torch
 
 import tasks
-from compare import (apply_set, load_model, mean_sd, paired_ci, parse_list, read_json, steps_to, summary, write_json,
-                     write_text)
+from compare import (apply_set, in_parallel, load_model, mean_sd, paired_ci, parse_list, read_json, steps_to, summary,
+                     train, write_json, write_text)
 
 ARMS = {  # name: (train.py --sft, --mask_ratio; None = the preset's ratio)
     "ntp": ("ntp", 0.0),
@@ -74,23 +72,6 @@ PRESETS = {
 EVAL_SEED = (2**31, 9)  # held-out questions: no training stream is seeded like this
 
 
-def train(run_dir, settings, threads, log_name="train.log"):
-    """Run train.py with these settings into run_dir (resuming a checkpoint there; nothing when
-    that checkpoint is finished); raise with the log's path when it fails."""
-    os.makedirs(run_dir, exist_ok=True)
-    if os.path.exists(os.path.join(run_dir, "ckpt.pt")) and load_model(run_dir)[2] >= int(settings["max_iters"]):
-        return
-    cmd = [sys.executable, "train.py", "--out_dir", run_dir] + [f"--{k}={v}" for k, v in settings.items()]
-    if os.path.exists(os.path.join(run_dir, "ckpt.pt")):
-        cmd += ["--init_from", "resume"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads))
-    with open(os.path.join(run_dir, log_name), "a") as log:
-        p = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                           cwd=os.path.dirname(os.path.abspath(__file__)))
-    if p.returncode != 0:
-        raise RuntimeError(f"train.py failed for {run_dir}; see {run_dir}/{log_name}")
-
-
 def score(run_dir, sft_settings, examples):
     """Exact match by gold position on held-out questions (tasks.evaluate_qa), and the accuracy
     during fine-tuning that train.py logged (none for the base); written to run_dir/sft.json."""
@@ -112,7 +93,8 @@ def run_all(out, arms, seeds, preset, settings, ratio, jobs, examples):
     if not os.path.exists(os.path.join(base_dir, "sft.json")):
         t = time.time()
         print("pre-training the NTP base ...", flush=True)
-        train(base_dir, dict(preset["base"], seed=0), threads=2)
+        base = dict(preset["base"])
+        train(base_dir, base.pop("mask_ratio"), 0, base, threads=2)
         print(f"base done | {(time.time() - t) / 60:.1f} min", flush=True)
         score(base_dir, settings, examples)
     results = {("base", s): read_json(os.path.join(base_dir, "sft.json")) for s in seeds}
@@ -129,25 +111,14 @@ def run_all(out, arms, seeds, preset, settings, ratio, jobs, examples):
     def one(job):
         arm, seed, path = job
         layout, r = ARMS[arm]
-        t = time.time()
-        run = dict(settings, sft=layout, mask_ratio=ratio if r is None else r, seed=seed)
+        run = dict(settings, sft=layout)
         if not os.path.exists(os.path.join(path, "ckpt.pt")):
             run["init_from"] = base_dir
-        train(path, run, threads=preset["threads"])
-        return arm, seed, score(path, settings, examples), time.time() - t
+        train(path, ratio if r is None else r, seed, run, threads=preset["threads"])
+        return score(path, settings, examples)
 
-    t0 = time.time()
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for n, future in enumerate(as_completed([pool.submit(one, job) for job in todo]), 1):
-            try:
-                arm, seed, res, dt = future.result()
-            except RuntimeError as e:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise SystemExit(f"error: {e}")
-            results[(arm, seed)] = res
-            eta = (time.time() - t0) / n * (len(todo) - n)
-            print(f"[{n}/{len(todo)}] {arm} seed {seed}: exact match {res['acc_qa']:.3f} | {dt / 60:.1f} min | "
-                  f"eta {eta / 60:.1f} min", flush=True)
+    finished = in_parallel(one, todo, jobs, lambda job, res: f"{job[0]} seed {job[1]}: exact match {res['acc_qa']:.3f}")
+    results.update({(arm, seed): res for (arm, seed, _), res in finished})
     return results
 
 

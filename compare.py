@@ -159,6 +159,12 @@ def write_text(path, text):
     os.replace(path + ".tmp", path)  # atomic: a half-written result is never read as finished
 
 
+def save_png(fig, path):
+    """A matplotlib Figure as a PNG at path, through a temporary file: never a half-written picture."""
+    fig.savefig(path + ".tmp", dpi=90, format="png")
+    os.replace(path + ".tmp", path)
+
+
 def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=1))
 
@@ -371,8 +377,7 @@ def figure(results, ratios, seeds, cfg):
 
 def plots(results, ratios, seeds, cfg, path):
     """figure() as a PNG at path, through a temporary file."""
-    figure(results, ratios, seeds, cfg).savefig(path + ".tmp", dpi=90, format="png")
-    os.replace(path + ".tmp", path)
+    save_png(figure(results, ratios, seeds, cfg), path)
 
 
 # -----------------------------------------------------------------------------

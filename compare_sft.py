@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 import tasks
-from compare import (apply_set, in_parallel, load_model, mean_sd, paired_ci, parse_list, read_json, steps_to, summary,
-                     train, write_json, write_text)
+from compare import (apply_set, in_parallel, load_model, mean_sd, paired_ci, parse_list, read_json, save_png, steps_to,
+                     summary, train, write_json, write_text)
 
 ARMS = {  # name: (train.py --sft, --mask_ratio; None = the preset's ratio)
     "ntp": ("ntp", 0.0),
@@ -221,9 +221,7 @@ def main(argv=None):
     cmd = " ".join(["python compare_sft.py"] + (argv if argv is not None else sys.argv[1:]))
     md = table(results, arms, seeds, n_docs)
     write_text(os.path.join(out, "results.md"), f"`{cmd}`\n\n{md}")
-    fig = figure(results, arms, seeds, n_docs, int(settings["batch_size"]))
-    fig.savefig(os.path.join(out, "results.png.tmp"), dpi=90, format="png")
-    os.replace(os.path.join(out, "results.png.tmp"), os.path.join(out, "results.png"))
+    save_png(figure(results, arms, seeds, n_docs, int(settings["batch_size"])), os.path.join(out, "results.png"))
     print(md)
     if "concat" in arms:
         d, h = paired_ci(*([results[(a, s)]["acc_qa"] for s in seeds] for a in ("concat", "ntp")))

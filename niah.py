@@ -24,7 +24,7 @@ import sys
 import numpy as np
 import torch
 
-from compare import write_json
+from compare import save_png, write_json
 from model import GPT, GPTConfig
 from tokenizer import for_meta
 
@@ -94,8 +94,7 @@ def heatmap(res, lengths, depths, title, path):
     ax.set(xlabel="context length (tokens)", ylabel="needle depth", title=title)
     fig.colorbar(im, ax=ax, label="exact-match accuracy")
     fig.tight_layout()
-    fig.savefig(path + ".tmp", dpi=90, format="png")
-    os.replace(path + ".tmp", path)  # never a half-written picture
+    save_png(fig, path)
 
 
 def parse_list(text, kind, flag):

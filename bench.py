@@ -64,11 +64,16 @@ def sync():
         torch.mps.synchronize()
 
 
+def model_config(cfg):
+    """The GPTConfig of a CONFIGS entry (the synthetic tasks' padded vocabulary unless it names one)."""
+    return GPTConfig(block_size=cfg["block_size"], n_layer=cfg["n_layer"], n_head=cfg["n_head"],
+                     n_kv_head=cfg["n_head"], n_embd=cfg["n_embd"], vocab_size=cfg.get("vocab_size", 192))
+
+
 def bench(name, cfg):
     torch.manual_seed(0)
     B, T = cfg["batch_size"], cfg["block_size"]
-    model = GPT(GPTConfig(block_size=T, n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_kv_head=cfg["n_head"],
-                          n_embd=cfg["n_embd"], vocab_size=cfg.get("vocab_size", 192))).to(device)
+    model = GPT(model_config(cfg)).to(device)
     optimizer = model.configure_optimizers(0.05, 1e-4, (0.9, 0.95), device_type)
     fwd = torch.compile(model) if compile else model
     scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
@@ -129,8 +134,7 @@ for c in configs.split(","):
     if c == "gpt2" and device_type != "cuda":  # 124M at 16 x 1,024 tokens: minutes per step on a CPU
         cfg = CONFIGS[c]
         with torch.device("meta"):  # shapes only: counts the parameters without allocating them
-            n = GPT(GPTConfig(block_size=cfg["block_size"], n_layer=cfg["n_layer"], n_head=cfg["n_head"],
-                              n_kv_head=cfg["n_head"], n_embd=cfg["n_embd"], vocab_size=cfg["vocab_size"])).num_params()
+            n = GPT(model_config(cfg)).num_params()
         print(f"| {c} | {n / 1e6:.2f}M | {cfg['batch_size']}x{cfg['block_size']} | not measured: needs a CUDA GPU "
               f"(the README has the GPU figures) | - | - | - | - | - | - |")
         continue

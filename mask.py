@@ -8,13 +8,21 @@ the next token, including the ones hidden in its own input, from a context with 
 bidirectional attention, no extra loss term, no extra compute. Evaluation uses clean inputs.
 
 As in the official code, the last input position is never masked, and the count is exact: every
-sequence gets exactly floor(T * ratio) masked positions, drawn without replacement.
+sequence gets exactly floor(T * ratio) masked positions, drawn without replacement, uniformly over
+positions 0..T-2. (The official code counts max(1, int(T * ratio)); the two agree whenever
+T * ratio >= 1, and where it is below 1 we mask nothing rather than one token.)
 
 Two ways to draw the positions:
 - "per_sequence" (default): each sequence in the batch gets its own positions. The most varied
   corruption per step, and what the paper's description implies.
-- "shared": one set of columns for the whole batch, as the official code does (it draws one set per
-  optimizer step, shared by every row, micro-step and GPU). Kept to reproduce that code exactly.
+- "shared": the official code's scheme, exactly: one set of columns per optimizer step, the same
+  for every row, micro-step and process, with no exclusions. train.py seeds it with
+  shared_seed(step), as that code does (51 patterns in all).
+
+Options for experiments, off by default (the paper's MEAP is uniform and uses [MASK]):
+- exclude: positions that must never be masked (per_sequence only), e.g. the retrieval queries.
+- corruption="random": the same positions get uniformly random real tokens instead of [MASK], a
+  control that tells "a dedicated [MASK] token" from "any corruption of the input".
 
 Fine-tuning (§3.2) masks differently: each (prompt, answer) example is duplicated and ~10% of the
 answer tokens are masked in the copy. sft_meap_concat() is the paper's layout (one sequence, the
@@ -27,6 +35,7 @@ import math
 import torch
 
 MODES = ("per_sequence", "shared")
+CORRUPTIONS = ("mask", "random")
 
 
 def num_masked(seq_len, ratio):
@@ -41,21 +50,30 @@ def check_mode(mode):
         raise ValueError(f"mask mode must be one of {MODES}, got {mode!r}")
 
 
-def sample_mask(batch_size, seq_len, ratio, mode="per_sequence", exclude=None, generator=None):
-    """Boolean (batch_size, seq_len) tensor, True where the input is to be replaced by [MASK].
+def shared_seed(step):
+    """The official code's seed for the shared columns of optimizer step `step`."""
+    return 50 + step % 51
+
+
+def sample_mask(batch_size, seq_len, ratio, mode="per_sequence", exclude=None, generator=None, last=False):
+    """Boolean (batch_size, seq_len) tensor, True where the input is to be replaced by [MASK]:
+    exactly floor(seq_len * ratio) positions per row, uniformly among 0..seq_len-2.
 
     exclude: optional bool tensor (batch_size, seq_len) or (seq_len,), True at positions that must
-    never be masked (for example a query whose answer is the next token). In "shared" mode a column
-    excluded in any row is excluded for all. generator: a torch.Generator, for reproducibility.
+    never be masked (per_sequence only: the official shared scheme has no exclusions).
+    generator: a torch.Generator, for reproducibility. last: let the last position be masked too
+    (the official SFT code does; in pre-training the last input never is).
     """
     k = num_masked(seq_len, ratio)
     check_mode(mode)
+    if mode == "shared" and exclude is not None:
+        raise ValueError("shared mode masks the same columns in every row, as the official code, "
+                         "and cannot exclude positions; use per_sequence to spare some")
     rows = batch_size if mode == "per_sequence" else 1
     allowed = torch.ones(rows, seq_len, dtype=torch.bool)
-    allowed[:, -1] = False  # the last input is never masked
+    allowed[:, -1] = last  # the last input is never masked in pre-training
     if exclude is not None:
-        exclude = torch.as_tensor(exclude, dtype=torch.bool).cpu().expand(batch_size, seq_len)
-        allowed &= ~exclude if mode == "per_sequence" else ~exclude.any(dim=0, keepdim=True)
+        allowed &= ~torch.as_tensor(exclude, dtype=torch.bool).cpu().expand(batch_size, seq_len)
     if k == 0:
         return torch.zeros(batch_size, seq_len, dtype=torch.bool)
     if int(allowed.sum(dim=1).min()) < k:
@@ -73,15 +91,30 @@ def apply_mask(idx, mask, mask_token_id):
     return torch.where(mask.to(idx.device), torch.full_like(idx, mask_token_id), idx)
 
 
-def meap_inputs(idx, ratio, mask_token_id, mode="per_sequence", exclude=None, generator=None):
+def apply_random(idx, mask, vocab_size, generator=None):
+    """Copy of idx (B, T) with a uniformly random id in 0..vocab_size-1 (the real tokens, [MASK]
+    not among them) wherever mask is True. The control for "is it the [MASK] token itself?"."""
+    noise = torch.randint(vocab_size, idx.shape, generator=generator).to(idx.device)
+    return torch.where(mask.to(idx.device), noise, idx)
+
+
+def meap_inputs(idx, ratio, mask_token_id, mode="per_sequence", exclude=None, generator=None,
+                corruption="mask", vocab_size=None):
     """The MEAP training input for clean input ids idx (B, T), and the mask used.
     Ratio 0 returns idx itself and draws no random numbers: plain next-token prediction.
+    corruption "random" puts random real ids (below vocab_size) where "mask" puts [MASK].
     The targets are not an argument on purpose: MEAP never changes them."""
     B, T = idx.shape
     check_mode(mode)
+    if corruption not in CORRUPTIONS:
+        raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {corruption!r}")
     if num_masked(T, ratio) == 0:
         return idx, torch.zeros(B, T, dtype=torch.bool)
     mask = sample_mask(B, T, ratio, mode, exclude, generator)
+    if corruption == "random":
+        if vocab_size is None:
+            raise ValueError("corruption 'random' needs vocab_size, the number of real token ids")
+        return apply_random(idx, mask, vocab_size, generator), mask
     return apply_mask(idx, mask, mask_token_id), mask
 
 
@@ -126,10 +159,16 @@ def sft_meap_concat(prompt, answer, ratio, mask_token_id, min_answer=MIN_ANSWER,
 def sft_meap_separate(prompt, answer, ratio, mask_token_id, min_answer=MIN_ANSWER, generator=None):
     """The official code's MEAP-SFT: the plain NTP-SFT example, plus a separate copy with [MASK] in
     its answer whose only targets are the masked tokens (their clean ids). Returns a list of (x, y)
-    pairs: one when the answer is shorter than min_answer, else two."""
+    pairs: one when the answer is shorter than min_answer, else two. As in that code, any answer
+    token can be masked, the last one included.
+
+    What causal attention implies here: the target of a masked token sits one position earlier,
+    which cannot see that token's own [MASK]. Only the [MASK]s *before* it change what the model
+    sees. With a single masked token the copy's loss is exactly the clean example's loss at that
+    token, so the mask acts only from two masked tokens on (answers of 20+ tokens at ratio 0.10)."""
     examples = [sft_ntp(prompt, answer)]
     if len(answer) >= min_answer:
-        m = sample_mask(1, len(answer), ratio, generator=generator)[0]
+        m = sample_mask(1, len(answer), ratio, generator=generator, last=True)[0]
         copy = apply_mask(answer, m, mask_token_id)
         keep = torch.cat([torch.zeros(len(prompt), dtype=torch.bool), m])
         examples.append(_pair(torch.cat([prompt, copy]), torch.cat([prompt, answer]), keep))

@@ -33,10 +33,37 @@ def test_excluded_positions_are_never_masked():
     for s in range(50):
         m = sample_mask(4, 32, 0.3, exclude=exclude, generator=gen(s))
         assert not (m & exclude).any() and (m.sum(1) == 9).all()
-        shared = sample_mask(4, 32, 0.3, "shared", exclude=exclude, generator=gen(s))
-        assert not (shared & exclude.any(0)).any()  # a column excluded anywhere is excluded everywhere
     col = sample_mask(3, 10, 0.3, exclude=torch.arange(10) < 4, generator=gen())  # one row for all
     assert not col[:, :4].any()
+    # the official shared scheme has no exclusions: asking for one is an error, not a silent change
+    with pytest.raises(ValueError, match="cannot exclude"):
+        sample_mask(4, 32, 0.3, "shared", exclude=exclude)
+
+
+def test_shared_columns_cover_every_position_but_the_last():
+    hit = torch.zeros(32, dtype=torch.bool)
+    for s in range(200):
+        m = sample_mask(4, 32, 0.2, "shared", generator=gen(s))
+        assert (m == m[0]).all() and m[0].sum() == 6
+        hit |= m[0]
+    assert hit[:-1].all() and not hit[-1]
+
+
+def test_last_position_maskable_on_request():
+    counts = sample_mask(5000, 4, 0.5, last=True, generator=gen()).sum(0).float()  # 2 of 4, any of them
+    assert ((counts - 2500).abs() / 2500).max() < 0.06
+
+
+def test_random_corruption_puts_real_tokens_at_the_same_positions():
+    x = torch.randint(0, 50, (8, 40))
+    xm, m = meap_inputs(x, 0.25, MASK, generator=gen(3))
+    xr, mr = meap_inputs(x, 0.25, MASK, generator=gen(3), corruption="random", vocab_size=50)
+    assert torch.equal(m, mr) and torch.equal(xr[~m], x[~m])
+    assert (xr < 50).all() and not (xr == MASK).any() and (xr[m] != x[m]).any()
+    with pytest.raises(ValueError, match="needs vocab_size"):
+        meap_inputs(x, 0.25, MASK, corruption="random")
+    with pytest.raises(ValueError, match="corruption must be one of"):
+        meap_inputs(x, 0.25, MASK, corruption="noise")
 
 
 def test_too_many_exclusions_is_an_error():
@@ -133,6 +160,20 @@ def test_sft_threshold_and_separate_variant():
     # targets only where the next input is masked, and then the clean token
     assert (y1 != IGNORE).nonzero().flatten().tolist() == (masked - 1).tolist()
     assert y1[masked - 1].tolist() == clean[masked].tolist()
+
+
+def test_separate_layout_masks_any_answer_token_and_one_mask_is_inert():
+    """As the official code, the last answer token can be masked (it is then a target whose input
+    was never shown). And causal attention means a masked token's own [MASK] sits after its target
+    position: with one mask, the copy asks exactly what the clean example asks at that token."""
+    last = 0
+    for s in range(200):
+        (_, _), (x1, y1) = sft_meap_separate(PROMPT, ANSWER, 0.1, MASK, min_answer=1, generator=gen(s))
+        assert (y1 != IGNORE).sum() == 1  # floor(10 * 0.1) = 1 target
+        last += int(y1[-1] != IGNORE)
+        t = int((y1 != IGNORE).nonzero())
+        assert (x1[:t + 1] == torch.cat([PROMPT, ANSWER])[:t + 1]).all()  # no [MASK] before the target
+    assert 5 < last < 40  # about 1 in 10
 
 
 def test_sft_positions_follow_the_generator():

@@ -83,7 +83,7 @@ def bench(name, cfg):
 
     def step(ratio):
         b = tasks.get_batch("mix", rng, B, T, n_pairs, n_needles)
-        x, _ = meap_inputs(b.x, ratio, tasks.MASK_ID, exclude=b.answer, generator=g)
+        x, _ = meap_inputs(b.x, ratio, tasks.MASK_ID, generator=g)
         if device_type == "cuda":
             x, y = x.pin_memory().to(device, non_blocking=True), b.y.pin_memory().to(device, non_blocking=True)
         else:
@@ -116,7 +116,7 @@ def bench(name, cfg):
     b = tasks.get_batch("mix", rng, B, T, n_pairs, n_needles)
     t0 = time.perf_counter()
     for _ in range(100):  # MEAP's only extra work, timed alone
-        meap_inputs(b.x, mask_ratio, tasks.MASK_ID, exclude=b.answer, generator=g)
+        meap_inputs(b.x, mask_ratio, tasks.MASK_ID, generator=g)
     mask_ms = (time.perf_counter() - t0) * 10
     mfu = model.estimate_mfu(B * T / ntp, T, device) if ptdtype != torch.float32 else None
     return (f"| {name} | {model.num_params() / 1e6:.2f}M | {B}x{T} | {ntp * 1e3:.1f} | {meap * 1e3:.1f} | "

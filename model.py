@@ -155,6 +155,7 @@ class GPTConfig:
     n_kv_head: int = 4  # = n_head: plain multi-head attention; fewer: grouped-query attention
     n_embd: int = 128
     rope_theta: float = 10000.0
+    init: str = "nanomeap"  # 'nanomeap' (width-aware, see _init_weights) or 'official' (the MEAP code's)
 
 
 class GPT(nn.Module):
@@ -169,21 +170,30 @@ class GPT(nn.Module):
         cos, sin = rope_cache(config.block_size, config.n_embd // config.n_head, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        if config.init not in ("nanomeap", "official"):
+            raise ValueError(f"init must be 'nanomeap' or 'official', got {config.init!r}")
         self.apply(self._init_weights)
-        # GPT-2's scaled init: shrink the projections that write into the residual stream
-        for name, p in self.named_parameters():
+        for name, p in self.named_parameters():  # the projections that write into the residual stream
             if name.endswith("o_proj.weight") or name.endswith("down_proj.weight"):
-                p.data /= math.sqrt(2 * config.n_layer)
+                if config.init == "official":
+                    nn.init.normal_(p, mean=0.0, std=1 / (math.sqrt(config.n_embd) * config.n_layer))
+                else:  # GPT-2's scaled init
+                    p.data /= math.sqrt(2 * config.n_layer)
 
     def _init_weights(self, module):
-        # Width-aware: std 1/sqrt(3 * fan_in) for every matrix, which is GPT-2's 0.02 at width 768
-        # but larger for narrow models, where a fixed 0.02 keeps the attention logits near zero
-        # and slows the forming of induction heads a lot. Unit-scale embeddings keep each token's
-        # identity dominant in the residual stream (RMSNorm removes their scale before each layer).
+        # 'nanomeap' (ours, tuned on NTP pilots): std 1/sqrt(3 * fan_in) for every matrix, which is
+        # GPT-2's 0.02 at width 768 but larger for narrow models, where a fixed 0.02 keeps the
+        # attention logits near zero and slows the forming of induction heads a lot; unit-scale
+        # embeddings keep each token's identity dominant in the residual stream (RMSNorm removes
+        # their scale before each layer). 'official': the MEAP code's (lit-gpt / TinyLlama) std
+        # sqrt(2 / (5 d)) for embeddings and matrices alike, d = n_embd, and 1 / (sqrt(d) n_layer)
+        # for the output projections (set in __init__).
+        official = self.config.init == "official"
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=(3 * module.in_features) ** -0.5)
+            std = math.sqrt(2 / (5 * self.config.n_embd)) if official else (3 * module.in_features) ** -0.5
+            nn.init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=1.0)
+            nn.init.normal_(module.weight, mean=0.0, std=math.sqrt(2 / (5 * self.config.n_embd)) if official else 1.0)
 
     def num_params(self, non_embedding=True):
         """Parameter count; the input embedding is a table lookup, so leave it out by default."""

@@ -94,7 +94,7 @@ else:
     for i in range(num_samples):
         name = names[i % len(names)]
         b = tasks.get_batch(name, rng, 1, cfg["block_size"], cfg["n_pairs"], cfg["n_needles"])
-        q = int(b.answer[0].nonzero()[0])  # position of the first question's key
+        q = int(b.query[0].nonzero()[0])  # position of the first question's key
         prompt, expected = b.x[0, :q + 1].tolist(), tasks.ITOS[int(b.y[0, q])]
         out = generate(prompt)
         verdict = "right" if tasks.ITOS[out[0]] == expected else "wrong"

@@ -3,8 +3,8 @@ Synthetic retrieval tasks, generated on the fly with numpy (vectorised over the 
 exact-match evaluation on clean inputs.
 
 Every example is one token sequence of block_size + 1 tokens: x = seq[:-1] is the input, y =
-seq[1:] the next token at every position (the pre-training target), and `answer` marks the
-positions where y is a retrieval answer (there x holds the query key).
+seq[1:] the next token at every position (the pre-training target), and `query` marks the
+positions where x is a query (the asked key) and y its answer, the only positions scored.
 
 Tasks
 - "mqar": multi-query associative recall (Zoology, Arora et al. 2023). n_pairs key-value pairs,
@@ -84,13 +84,13 @@ def decode(ids):
 class Batch:
     x: torch.Tensor  # (B, T) clean input ids
     y: torch.Tensor  # (B, T) next-token targets
-    answer: torch.Tensor  # (B, T) bool: y is a retrieval answer here (and x the query key)
+    query: torch.Tensor  # (B, T) bool: x is a query here (the asked key), and y its answer
     depth: torch.Tensor  # (B,) depth of the queried needle in [0, 1]; nan for MQAR
 
 
-def _batch(seq, answer, depth):
+def _batch(seq, query, depth):
     seq = torch.from_numpy(seq)
-    return Batch(seq[:, :-1], seq[:, 1:], torch.from_numpy(answer), torch.from_numpy(depth))
+    return Batch(seq[:, :-1], seq[:, 1:], torch.from_numpy(query), torch.from_numpy(depth))
 
 
 def filler(rng, batch_size, n):
@@ -108,25 +108,32 @@ def _keys_values(rng, batch_size, n):
     return keys, VALUES[rng.integers(len(VALUES), size=(batch_size, n))]
 
 
-def mqar(rng, batch_size, seq_len, n_pairs):
+def mqar(rng, batch_size, seq_len, n_pairs, offset=0):
     """| k1 v1 .. kD vD, then queries to the end: keys drawn from the D (with replacement), each
-    followed by its value. If seq_len is odd, one filler word precedes the queries."""
+    followed by its value. If seq_len is odd, one filler word precedes the queries.
+    offset > 0 (the positional-shortcut control): a random 0..offset filler words, drawn per
+    sequence, come before the pairs (and the rest of the offset after them), so the pairs no longer
+    sit at the same positions in every sequence; the queries start at the same place:
+        | ka lo K12 40 K3 7 K9 1 K5 22 mi se ne K3 7 K12 40 ..."""
     D = n_pairs
-    n_q = (seq_len - 2 * D) // 2  # queries that fit
-    if D < 1 or n_q < 1:
-        raise ValueError(f"mqar: {n_pairs} pairs need seq_len >= {2 * D + 2} (block_size is {seq_len})")
+    n_q = (seq_len - 2 * D - offset) // 2  # queries that fit
+    if D < 1 or n_q < 1 or offset < 0:
+        raise ValueError(f"mqar: {n_pairs} pairs and an offset of {offset} need seq_len >= "
+                         f"{2 * D + offset + 2} (block_size is {seq_len})")
     keys, values = _keys_values(rng, batch_size, D)
-    q0 = seq_len + 1 - 2 * n_q  # index of the first query key; one filler word sits before it if T is odd
+    q0 = seq_len + 1 - 2 * n_q  # index of the first query key; filler sits before it if there is room
     which = rng.integers(D, size=(batch_size, n_q))  # which pair each query asks for
     seq = np.empty((batch_size, seq_len + 1), dtype=np.int64)
     seq[:, 0] = BOS
-    seq[:, 1:1 + 2 * D:2], seq[:, 2:2 + 2 * D:2] = keys, values
-    seq[:, 1 + 2 * D:q0] = filler(rng, batch_size, q0 - 1 - 2 * D)
+    seq[:, 1:q0] = filler(rng, batch_size, q0 - 1)  # then the pairs overwrite their slots
+    shift = rng.integers(0, offset + 1, size=(batch_size, 1)) if offset else np.zeros((batch_size, 1), dtype=int)
+    rows, key_pos = np.arange(batch_size)[:, None], 1 + shift + 2 * np.arange(D)  # (B, D) where each key goes
+    seq[rows, key_pos], seq[rows, key_pos + 1] = keys, values
     seq[:, q0::2] = np.take_along_axis(keys, which, axis=1)
     seq[:, q0 + 1::2] = np.take_along_axis(values, which, axis=1)
-    answer = np.zeros((batch_size, seq_len), dtype=bool)
-    answer[:, q0::2] = True  # x there is a query key, y its value
-    return _batch(seq, answer, np.full(batch_size, np.nan))
+    query = np.zeros((batch_size, seq_len), dtype=bool)
+    query[:, q0::2] = True  # x there is a query key, y its value
+    return _batch(seq, query, np.full(batch_size, np.nan))
 
 
 def needle(rng, batch_size, seq_len, n_needles, depth=None, n_queries=1):
@@ -153,9 +160,9 @@ def needle(rng, batch_size, seq_len, n_needles, depth=None, n_queries=1):
     tail = seq_len + 1 - 3 * q  # index of the first '?'
     seq[:, tail::3], seq[:, tail + 1::3], seq[:, tail + 2::3] = QUERY, keys[:, :q], values[:, :q]
     seq[seq == -1] = filler(rng, batch_size, F).ravel()  # exactly F free slots per row, in order
-    answer = np.zeros((batch_size, seq_len), dtype=bool)
-    answer[:, tail + 1::3] = True  # x there is the asked key, y its value
-    return _batch(seq, answer, gaps[:, 0] / max(F, 1))
+    query = np.zeros((batch_size, seq_len), dtype=bool)
+    query[:, tail + 1::3] = True  # x there is the asked key, y its value
+    return _batch(seq, query, gaps[:, 0] / max(F, 1))
 
 
 def kv(rng, batch_size, seq_len, n_pairs, position):
@@ -172,9 +179,9 @@ def kv(rng, batch_size, seq_len, n_pairs, position):
     seq[:, 1:1 + 2 * n:2], seq[:, 2:2 + 2 * n:2] = keys, values
     seq[:, 1 + 2 * n:-3] = filler(rng, batch_size, F)
     seq[:, -3], seq[:, -2], seq[:, -1] = QUERY, keys[:, position], values[:, position]
-    answer = np.zeros((batch_size, seq_len), dtype=bool)
-    answer[:, -1] = True
-    return _batch(seq, answer, np.full(batch_size, position / max(n - 1, 1)))
+    query = np.zeros((batch_size, seq_len), dtype=bool)
+    query[:, -1] = True
+    return _batch(seq, query, np.full(batch_size, position / max(n - 1, 1)))
 
 
 def qa(rng, batch_size, seq_len, n_docs, gold, answer_len=4):
@@ -202,19 +209,19 @@ def qa(rng, batch_size, seq_len, n_docs, gold, answer_len=4):
             doc[at[b, k]:at[b, k]] = [keys[b, k], *values[b, k]]
             out += [BOS, *doc]
         seq[b] = out + list(words[b, K * d:]) + [QUERY, keys[b, gold], *values[b, gold]]
-    answer = np.zeros((batch_size, seq_len), dtype=bool)
-    answer[:, seq_len - m:] = True  # x there is the asked key or an answer token; y the next answer token
-    return _batch(seq, answer, np.full(batch_size, gold / max(K - 1, 1)))
+    query = np.zeros((batch_size, seq_len), dtype=bool)
+    query[:, seq_len - m:] = True  # x there is the asked key or an answer token; y the next answer token
+    return _batch(seq, query, np.full(batch_size, gold / max(K - 1, 1)))
 
 
-def get_batch(task, rng, batch_size, seq_len, n_pairs=4, n_needles=4):
+def get_batch(task, rng, batch_size, seq_len, n_pairs=4, n_needles=4, mqar_offset=0):
     """A Batch of the named task; a pure function of the numpy Generator's state."""
     if task == "mqar":
-        return mqar(rng, batch_size, seq_len, n_pairs)
+        return mqar(rng, batch_size, seq_len, n_pairs, mqar_offset)
     if task == "needle":
         return needle(rng, batch_size, seq_len, n_needles)
     if task == "mix":
-        a = mqar(rng, batch_size // 2, seq_len, n_pairs)
+        a = mqar(rng, batch_size // 2, seq_len, n_pairs, mqar_offset)
         b = needle(rng, batch_size - batch_size // 2, seq_len, n_needles)
         return Batch(*(torch.cat([u, v]) for u, v in zip(vars(a).values(), vars(b).values())))
     raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
@@ -234,7 +241,7 @@ def qa_examples(rng, n, seq_len, n_docs, answer_len=4):
 
 @torch.no_grad()
 def accuracy(model, make_batch, n_examples, batch_size=250, device="cpu"):
-    """Exact-match accuracy of the greedy next token at every answer position of
+    """Exact-match accuracy of the greedy next token at every query position of
     make_batch(b) (a Batch of b examples), over n_examples examples, on clean inputs.
     model(x) returns logits (B, T, V), or a tuple starting with them."""
     if n_examples < 1:
@@ -244,7 +251,7 @@ def accuracy(model, make_batch, n_examples, batch_size=250, device="cpu"):
         b = make_batch(min(batch_size, n_examples - i))
         logits = model(b.x.to(device))
         logits = logits[0] if isinstance(logits, tuple) else logits
-        out.append((logits.argmax(dim=-1).cpu() == b.y)[b.answer].float())
+        out.append((logits.argmax(dim=-1).cpu() == b.y)[b.query].float())
     return torch.cat(out).mean().item()
 
 
@@ -274,21 +281,23 @@ def evaluate_qa(model, seq_len, n_docs, answer_len=4, n_examples=500, seed=0, ba
     of the gold document (every answer token right: the same as greedy generation of the answer
     matching it exactly). Returns 'acc_qa_g<k>' for k = 1..n_docs (1 = first document, farthest
     from the question), 'acc_qa' and 'acc', their mean (the paper's "averaged over positions"),
-    and 'acc_qa_first': the first answer token alone, predicted right after the asked key, which
-    is the lookup (the right document found) without the copying of the rest."""
+    'acc_qa_first': the first answer token alone, predicted right after the asked key, which
+    is the lookup (the right document found) without the copying of the rest, and 'acc_qa_token':
+    the share of answer tokens right (partial credit, for long answers)."""
     rng = np.random.default_rng(seed)
     per = max(1, n_examples // n_docs)
-    res, first = {}, []
+    res, first, tokens = {}, [], []
     for k in range(n_docs):
         hits = []
         for i in range(0, per, batch_size):
             b = qa(rng, min(batch_size, per - i), seq_len, n_docs, k, answer_len)
             logits = model(b.x.to(device))
             logits = logits[0] if isinstance(logits, tuple) else logits
-            hits.append((logits.argmax(dim=-1).cpu() == b.y)[b.answer].view(len(b.x), answer_len))  # (B, m)
+            hits.append((logits.argmax(dim=-1).cpu() == b.y)[b.query].view(len(b.x), answer_len))  # (B, m)
         hit = torch.cat(hits)
         res[f"acc_qa_g{k + 1}"] = hit.all(dim=1).float().mean().item()
         first.append(hit[:, 0].float().mean().item())
+        tokens.append(hit.float().mean().item())
     res["acc_qa"] = res["acc"] = float(np.mean(list(res.values())))
-    res["acc_qa_first"] = float(np.mean(first))
+    res["acc_qa_first"], res["acc_qa_token"] = float(np.mean(first)), float(np.mean(tokens))
     return res

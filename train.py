@@ -13,13 +13,15 @@ of the *input* tokens by [MASK] before the forward pass; targets and loss stay t
 The default trains on a synthetic retrieval mixture generated on the fly (see tasks.py). Every
 setting below is a global; `python train.py --help` lists them with their comments.
 
+The MEAP line is in the training loop at the bottom: `x = batches.meap(...)` (batches.py builds
+every batch; mask.py holds the masking itself).
+
 Fine-tuning (--sft, from a checkpoint given to --init_from) trains on a fixed set of (prompt,
 answer) examples of the synthetic multi-document QA, with the loss on the answer only. MEAP-SFT
 duplicates each example and masks mask_ratio of the answer tokens in the copy (mask.py), and takes
 half as many examples per step, so both objectives see the same tokens per step (paper §3.2).
 """
 
-import functools
 import json
 import math
 import os
@@ -34,9 +36,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import configurator
-import mask  # mask.IGNORE: imported by name it would read as one of the settings below
 import tasks
-from mask import MODES, meap_inputs, num_masked, sft_meap_concat, sft_meap_separate, sft_ntp
+from batches import VAL_SEED, EVAL, Batches
+from mask import CORRUPTIONS, MODES, num_masked
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -52,6 +54,7 @@ dataset = "synthetic"  # 'synthetic' (generated on the fly), or NAME for data/NA
 task = "mix"  # synthetic task: 'mqar', 'needle' or 'mix' (half of every batch each)
 n_pairs = 4  # mqar: key-value pairs per sequence, then queries to the end
 n_needles = 4  # needle: needles per haystack, one asked about and the rest distractors
+mqar_offset = 0  # mqar: up to this many filler words before the pairs (0: the pairs start at position 1)
 batch_size = 32  # sequences per micro-step, per process
 block_size = 64  # tokens per sequence
 gradient_accumulation_steps = 1  # micro-steps per optimizer step, summed over all processes
@@ -60,10 +63,12 @@ n_layer = 2  # transformer blocks
 n_head = 4  # query heads; head size = n_embd / n_head
 n_kv_head = 4  # key/value heads; fewer than n_head = grouped-query attention
 n_embd = 128  # model width
-# MEAP (paper §3.1): the only two switches that separate MEAP from NTP
+init = "nanomeap"  # weight init: 'nanomeap' (tuned for small widths) or 'official' (the MEAP code's, lit-gpt)
+# MEAP (paper §3.1): mask_ratio is the switch that separates MEAP from NTP; the rest are variants
 mask_ratio = 0.15  # share of input positions replaced by [MASK]; 0 = plain next-token prediction
 mask_mode = "per_sequence"  # 'per_sequence', or 'shared': one set of columns per step (official code)
-mask_queries = False  # also let MEAP mask the retrieval queries (the paper masks text uniformly)
+mask_queries = True  # uniform over all positions, as the paper; False spares the retrieval queries
+corruption = "mask"  # 'mask' ([MASK], MEAP); 'random': random real tokens there (a control)
 # fine-tuning (paper §3.2): needs --init_from CHECKPOINT; trains on the synthetic multi-document QA
 sft = "none"  # 'none' = pre-training; 'ntp' (NTP-SFT), 'concat' (the paper's MEAP-SFT), 'separate' (official code's)
 sft_examples = 2000  # size of the fixed fine-tuning set; the run makes epochs over it
@@ -123,10 +128,10 @@ elif init_from != "scratch":  # fine-tune: the weights and the model's shape fro
         base_config = checkpoint["config"]
     except Exception as e:
         die(f"cannot read {base_path} as a train.py checkpoint ({type(e).__name__})")
-    for k in ("dataset", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
-        if k in overrides and overrides[k] != base_config[k]:
-            die(f"--{k} {overrides[k]} does not match {base_path}'s {base_config[k]}; drop the flag")
-        globals()[k] = base_config[k]
+    for k in ("dataset", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "init"):
+        if k in overrides and overrides[k] != base_config.get(k, "nanomeap"):
+            die(f"--{k} {overrides[k]} does not match {base_path}'s {base_config.get(k, 'nanomeap')}; drop the flag")
+        globals()[k] = base_config.get(k, "nanomeap")  # (checkpoints from before --init have the default)
 config = {k: globals()[k] for k in config_keys}
 finetune = sft != "none"
 
@@ -137,6 +142,13 @@ except ValueError as e:
     die(f"--mask_ratio: {e}")
 if mask_mode not in MODES:
     die(f"--mask_mode must be one of {MODES}, got {mask_mode!r}")
+if mask_mode == "shared" and not mask_queries:
+    die("--mask_mode shared masks the same columns in every row (the official code) and cannot spare the "
+        "queries; drop --mask_queries false, or use --mask_mode per_sequence")
+if corruption not in CORRUPTIONS:
+    die(f"--corruption must be one of {CORRUPTIONS}, got {corruption!r}")
+if init not in ("nanomeap", "official"):
+    die(f"--init must be nanomeap or official, got {init!r}")
 if dtype not in ("auto", "float32", "bfloat16", "float16"):
     die(f"--dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
 if dataset == "synthetic" and task not in tasks.TASKS:
@@ -214,14 +226,14 @@ if finetune:  # input tokens per row: NTP-SFT's example; MEAP-SFT's rows hold tw
 tokens_per_iter = int(gradient_accumulation_steps * ddp_world_size * batch_size * row_tokens)
 
 # -----------------------------------------------------------------------------
-# data. Every batch is a pure function of (seed, rank, iteration, micro-step): a resumed run sees
-# exactly the data, and the masks, of the uninterrupted one, and NTP and MEAP runs see the same data.
-VAL_SEED = 2**31  # held-out examples: no training stream is seeded like this
+# data. Every batch is a pure function of (seed, rank, iteration, micro-step) (batches.py): a
+# resumed run sees exactly the data, and the masks, of the uninterrupted one, and NTP and MEAP runs
+# of a seed see the same data.
 if dataset == "synthetic":
     mask_token_id, meta = tasks.MASK_ID, {"kind": "synthetic"}
     real_vocab = tasks.VOCAB_SIZE  # [MASK] included
     try:
-        tasks.get_batch(task, np.random.default_rng(0), 2, block_size, n_pairs, n_needles)
+        tasks.get_batch(task, np.random.default_rng(0), 2, block_size, n_pairs, n_needles, mqar_offset)
     except ValueError as e:
         die(e)
 else:
@@ -244,65 +256,7 @@ else:
             die(f"{data_dir}/{split}.bin holds token id {top}, but the vocabulary has {mask_token_id} ids; "
                 f"fix vocab_size in {data_dir}/meta.pkl")
 
-
-def get_batch(split, it, micro=0):
-    """(x, y, answer) for one micro-step: x clean inputs, y targets (B, T), answer (B, T) bool
-    marks query positions, whose next token is a retrieval answer (all False for text)."""
-    entropy = [seed, ddp_rank, it, micro] if split == "train" else [VAL_SEED, 0, it]
-    rng = np.random.default_rng(entropy)
-    if dataset == "synthetic":
-        b = tasks.get_batch(task, rng, batch_size, block_size, n_pairs, n_needles)
-        return b.x, b.y, b.answer
-    data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")  # fresh map: no leak
-    ix = rng.integers(len(data) - block_size - 1, size=batch_size)
-    seq = torch.from_numpy(data[ix[:, None] + np.arange(block_size + 1)].astype(np.int64))  # (B, T+1)
-    return seq[:, :-1], seq[:, 1:], torch.zeros(batch_size, block_size, dtype=torch.bool)
-
-
-# fine-tuning data: a fixed set of sft_examples (prompt, answer) pairs, the same for every --sft of
-# a seed, visited in a fresh order every epoch; the stream position of an example is a pure function
-# of (iteration, process, micro-step), so resuming and the comparison stay exact.
-if finetune:
-    sft_set = tasks.qa_examples(np.random.default_rng([seed, 3]), sft_examples, qa_tokens - 1, n_docs, answer_len)
-    sft_per_step = batch_size if sft == "ntp" else batch_size // 2  # MEAP: half the examples, twice the tokens
-
-
-@functools.lru_cache(maxsize=2)
-def epoch_order(epoch):
-    return np.random.default_rng([seed, 4, epoch]).permutation(sft_examples)
-
-
-def collate(pairs):
-    """(x, y) pairs of 1-D tensors -> (B, T) tensors, right-padded (x with 0, y with IGNORE, which
-    the loss skips; padding after a row's end cannot change it under causal attention)."""
-    T = max(len(x) for x, _ in pairs)
-    x = torch.zeros(len(pairs), T, dtype=torch.long)
-    y = torch.full((len(pairs), T), mask.IGNORE, dtype=torch.long)
-    for i, (xi, yi) in enumerate(pairs):
-        x[i, :len(xi)], y[i, :len(yi)] = xi, yi
-    return x, y
-
-
-def sft_batch(it, micro):
-    """One micro-step of fine-tuning in the layout of --sft: sft_per_step examples of the set."""
-    first = ((it * ddp_world_size + ddp_rank) * gradient_accumulation_steps + micro) * sft_per_step
-    rows = []
-    for n in range(first, first + sft_per_step):
-        epoch, k = divmod(n, sft_examples)
-        i = int(epoch_order(epoch)[k])  # the example's index in the set
-        prompt, answer = sft_set[i]
-        if sft == "ntp":
-            rows.append(sft_ntp(prompt, answer))
-            continue
-        # static: an example's masked positions depend on the example alone (drawn once, as the
-        # official code does at preprocessing); dynamic: on the example and the step
-        g = torch.Generator().manual_seed(int(np.random.default_rng(
-            [seed, 5, i] if sft_static else [seed, 5, i, it, micro, ddp_rank]).integers(2**62)))
-        if sft == "concat":
-            rows.append(sft_meap_concat(prompt, answer, mask_ratio, mask_token_id, sft_min_answer, g))
-        else:
-            rows += sft_meap_separate(prompt, answer, mask_ratio, mask_token_id, sft_min_answer, g)
-    return to_device(*collate(rows))
+batches = Batches(config, mask_token_id, ddp_rank, ddp_world_size)
 
 
 def to_device(*ts):
@@ -311,28 +265,11 @@ def to_device(*ts):
     return [t.to(device) for t in ts]
 
 
-def train_batch(it, micro):
-    """The MEAP input: the clean batch with [MASK] at floor(T * mask_ratio) positions per
-    sequence (§3.1). Queries are not masked unless mask_queries: the answer after a hidden query
-    is noise no model can learn. The targets y stay clean. When fine-tuning: sft_batch()."""
-    if finetune:
-        return sft_batch(it, micro)
-    x, y, answer = get_batch("train", it, micro)
-    g = torch.Generator()
-    if mask_mode == "shared":
-        g.manual_seed(50 + it % 51)  # the official code: one pattern per step, 51 patterns in all
-    else:
-        g.manual_seed(int(np.random.default_rng([seed, ddp_rank, it, micro, 1]).integers(2**62)))
-    x, _ = meap_inputs(x, mask_ratio, mask_token_id, mask_mode, exclude=None if mask_queries else answer,
-                       generator=g)
-    return to_device(x, y)
-
-
 # -----------------------------------------------------------------------------
 # model and optimizer
 torch.manual_seed(seed)
 model_args = dict(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head,
-                  n_embd=n_embd, vocab_size=64 * math.ceil(real_vocab / 64))  # pad to a multiple of 64
+                  n_embd=n_embd, vocab_size=64 * math.ceil(real_vocab / 64), init=init)  # pad vocab to 64s
 raw_model = GPT(GPTConfig(**model_args)).to(device)
 optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
@@ -375,23 +312,18 @@ def evaluate():
     raw_model.eval()
     losses = []
     for k in range(eval_iters):
-        if finetune:  # the loss on held-out answers, in the NTP-SFT layout whatever --sft is
-            held_out = tasks.qa_examples(np.random.default_rng([VAL_SEED, k]), batch_size, qa_tokens - 1, n_docs,
-                                         answer_len)
-            x, y = to_device(*collate([sft_ntp(p, a) for p, a in held_out]))
-        else:
-            x, y = to_device(*get_batch("val", k)[:2])
+        x, y = to_device(*(batches.sft_val(k) if finetune else batches.clean("val", k)[:2]))
         with ctx:
             losses.append(raw_model(x, y)[1].item())
     out = {"val_loss": float(np.mean(losses))}
     if finetune:
         with ctx:
             out.update(tasks.evaluate_qa(raw_model, qa_tokens - 1, n_docs, answer_len, eval_examples,
-                                         seed=[VAL_SEED, 1], device=device))
+                                         seed=[VAL_SEED, EVAL], device=device))
     elif dataset == "synthetic":
         with ctx:
             out.update(tasks.evaluate(raw_model, task, block_size, n_pairs, n_needles, eval_examples,
-                                      seed=[VAL_SEED, 1], device=device))
+                                      seed=[VAL_SEED, EVAL], device=device))
     raw_model.train()
     return out
 
@@ -420,10 +352,17 @@ if master:
             kept = [line for line in f if json.loads(line)["iter"] < iter_num]
     with open(metrics_path, "w") as f:
         f.writelines(kept)
-    what = f"MEAP, mask_ratio {mask_ratio} ({mask_mode})" if mask_ratio > 0 else "NTP (mask_ratio 0)"
+    k = batches.masks_per_row()
+    what = (f"MEAP, mask_ratio {mask_ratio} ({k} of {block_size} inputs, {mask_mode}"
+            f"{', queries spared' if not mask_queries else ''}{', random tokens' if corruption == 'random' else ''})")
+    if k == 0:
+        what = ("NTP (mask_ratio 0)" if mask_ratio == 0 else
+                f"NTP: mask_ratio {mask_ratio} masks floor({block_size} x {mask_ratio}) = 0 inputs")
     data_name = f"synthetic '{task}'" if dataset == "synthetic" else f"data/{dataset}"
     if finetune:
         what = f"SFT '{sft}'" + (f", mask_ratio {mask_ratio}" if sft != "ntp" else "")
+        if sft == "separate" and num_masked(answer_len, mask_ratio) == 1:
+            what += " (1 masked answer token: that copy's loss equals the clean example's; see mask.py)"
         data_name = (f"{sft_examples} qa examples ({n_docs} documents, {answer_len}-token answers, "
                      f"{qa_tokens} tokens), from {init_from}")
     print(f"{what} | {raw_model.num_params() / 1e6:.2f}M parameters | {data_name} | "
@@ -450,7 +389,12 @@ while True:
         break
 
     for micro in range(gradient_accumulation_steps):
-        x, y = train_batch(iter_num, micro)
+        if finetune:  # MEAP-SFT's duplicated, masked examples are built in batches.sft (§3.2)
+            x, y = batches.sft(iter_num, micro)
+        else:
+            x, y, query = batches.clean("train", iter_num, micro)
+            x = batches.meap(x, query, iter_num, micro)  # MEAP (§3.1): [MASK]s in the inputs; y stays clean
+        x, y = to_device(x, y)
         if ddp:  # synchronise gradients only on the last micro-step
             model.require_backward_grad_sync = micro == gradient_accumulation_steps - 1
         with ctx:

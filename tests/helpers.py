@@ -27,11 +27,11 @@ def run_script(*args, check=True, timeout=300):
     return p
 
 
-def oracle_answers(x, answer):
-    """Brute force: for each answer position, find the query key's first occurrence (its
+def oracle_answers(x, query):
+    """Brute force: for each query position, find the query key's first occurrence (its
     key-value pair or needle) and read the token after it."""
     out = torch.full(x.shape, -1)
-    for b, t in answer.nonzero().tolist():
+    for b, t in query.nonzero().tolist():
         earlier = [s for s in range(t) if x[b, s] == x[b, t]]
         assert earlier, "a query key must occur before its query"
         out[b, t] = x[b, earlier[0] + 1]

@@ -69,10 +69,10 @@ def test_asked_span_finds_the_needle():
     assert span[0].nonzero().flatten().tolist() == [3, 4] and span[1].nonzero().flatten().tolist() == [3, 4]
     # on generated needles it agrees with the brute-force answer: the token after the span is y's answer
     b = tasks.needle(np.random.default_rng(0), 50, 40, 3)
-    q, span = attention.asked_span(b.x, b.answer)
+    q, span = attention.asked_span(b.x, b.query)
     value_pos = span.int().argmax(1) + 1
     assert torch.equal(b.x[torch.arange(50), value_pos], b.y[torch.arange(50), q])
-    with pytest.raises(ValueError, match="needs an answer position"):
+    with pytest.raises(ValueError, match="needs a query position"):
         attention.asked_span(x, torch.zeros_like(answer))
     with pytest.raises(ValueError, match="never occurs before it"):
         attention.asked_span(torch.tensor([tasks.encode("| K1 5 K3 7 ba ? K2")]), answer[:1])

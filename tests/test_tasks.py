@@ -10,12 +10,12 @@ from helpers import oracle_answers, oracle_model
 @pytest.mark.parametrize("T", [32, 64, 129])
 def test_generators_answers_agree_with_a_brute_force_oracle(task, T):
     b = tasks.get_batch(task, np.random.default_rng(T), 16, T, n_pairs=4, n_needles=3)
-    assert b.x.shape == b.y.shape == b.answer.shape == (16, T)
+    assert b.x.shape == b.y.shape == b.query.shape == (16, T)
     assert torch.equal(b.x[:, 1:], b.y[:, :-1])  # y is x shifted by one
     assert (b.x[:, 0] == tasks.BOS).all() and (b.x < tasks.MASK_ID).all() and (b.x >= 0).all()
-    ans = oracle_answers(b.x, b.answer)
-    assert torch.equal(ans[b.answer], b.y[b.answer])
-    assert (b.answer.sum(1) > 0).all()
+    ans = oracle_answers(b.x, b.query)
+    assert torch.equal(ans[b.query], b.y[b.query])
+    assert (b.query.sum(1) > 0).all()
 
 
 @pytest.mark.parametrize("T,n_queries", [(64, 28), (63, 27)])
@@ -23,20 +23,39 @@ def test_mqar_layout(T, n_queries):
     b = tasks.mqar(np.random.default_rng(0), 8, T, n_pairs=4)
     ctx = b.x[:, 1:9:2]  # the 4 keys of the pairs, distinct in every row
     assert all(len(set(r.tolist())) == 4 for r in ctx)
-    assert (b.answer.sum(1) == n_queries).all()  # queries fill the rest of the sequence
-    queried = b.x[b.answer].view(8, n_queries)
+    assert (b.query.sum(1) == n_queries).all()  # queries fill the rest of the sequence
+    queried = b.x[b.query].view(8, n_queries)
     assert all(set(q.tolist()) <= set(c.tolist()) for q, c in zip(queried, ctx))
-    assert (b.answer.nonzero()[:, 1].view(8, -1)[:, -1] == T - 1).all()  # the last input is a query
+    assert (b.query.nonzero()[:, 1].view(8, -1)[:, -1] == T - 1).all()  # the last input is a query
     if T % 2:  # an odd length leaves one filler word between the pairs and the queries
         assert np.isin(b.x[:, 9].numpy(), tasks.FILLER).all()
+
+
+def test_mqar_offset_moves_the_pairs_and_keeps_the_queries_in_place():
+    """The positional-shortcut control: 0..offset filler words before the pairs, per sequence."""
+    T, D, off = 64, 4, 8
+    b = tasks.mqar(np.random.default_rng(1), 200, T, D, offset=off)
+    assert torch.equal(oracle_answers(b.x, b.query)[b.query], b.y[b.query])
+    first_key = np.isin(b.x.numpy(), tasks.KEYS).argmax(axis=1)  # where each row's first pair starts
+    assert first_key.min() == 1 and first_key.max() == 1 + off and len(set(first_key)) == off + 1
+    assert (b.query.sum(1) == (T - 2 * D - off) // 2).all()
+    assert (b.query.nonzero()[:, 1].view(200, -1)[:, 0] == b.query.nonzero()[0, 1]).all()  # queries start together
+    for row, k in zip(b.x, first_key):  # filler only, before the pairs and between them and the queries
+        q0 = int(b.query[0].nonzero()[0])
+        rest = np.r_[1:k, k + 2 * D:q0]
+        assert np.isin(row[rest].numpy(), tasks.FILLER).all()
+    assert torch.equal(tasks.mqar(np.random.default_rng(2), 4, T, D, offset=0).query,
+                       tasks.mqar(np.random.default_rng(2), 4, T, D).query)
+    with pytest.raises(ValueError, match="offset of 60"):
+        tasks.mqar(np.random.default_rng(0), 2, T, D, offset=60)
 
 
 @pytest.mark.parametrize("T,n,q", [(32, 3, 1), (48, 4, 2), (64, 8, 8), (23, 4, 4)])
 def test_multi_query_needles_agree_with_the_oracle(T, n, q):
     b = tasks.needle(np.random.default_rng(T), 16, T, n, depth=0.5, n_queries=q)
-    assert b.x.shape == (16, T) and (b.answer.sum(1) == q).all()
-    assert torch.equal(oracle_answers(b.x, b.answer)[b.answer], b.y[b.answer])
-    asked = b.x[b.answer].view(16, q)  # q distinct needles asked about, each after a '?'
+    assert b.x.shape == (16, T) and (b.query.sum(1) == q).all()
+    assert torch.equal(oracle_answers(b.x, b.query)[b.query], b.y[b.query])
+    asked = b.x[b.query].view(16, q)  # q distinct needles asked about, each after a '?'
     assert all(len(set(r.tolist())) == q for r in asked)
     assert (b.x[:, T + 1 - 3 * q::3] == tasks.QUERY).all()  # '? key value' x q closes the sequence
     assert (b.x != -1).all() and (b.x < tasks.MASK_ID).all()
@@ -46,10 +65,10 @@ def test_multi_query_needles_agree_with_the_oracle(T, n, q):
 def test_kv_asks_about_the_pair_at_the_requested_position(position):
     T, n = 40, 8
     b = tasks.kv(np.random.default_rng(position), 16, T, n, position)
-    assert (b.answer.sum(1) == 1).all() and b.answer[:, -1].all()
+    assert (b.query.sum(1) == 1).all() and b.query[:, -1].all()
     assert torch.equal(b.x[:, -1], b.x[:, 1 + 2 * position])  # the asked key is pair `position`
     assert torch.equal(b.y[:, -1], b.x[:, 2 + 2 * position])  # and the answer its value
-    assert torch.equal(oracle_answers(b.x, b.answer)[b.answer], b.y[b.answer])
+    assert torch.equal(oracle_answers(b.x, b.query)[b.query], b.y[b.query])
     assert np.isin(b.x[:, 1 + 2 * n:-2].numpy(), tasks.FILLER).all()  # filler between pairs and '?'
     with pytest.raises(ValueError, match="position in 0..7"):
         tasks.kv(np.random.default_rng(0), 2, T, n, 8)
@@ -142,7 +161,7 @@ def test_errors_are_clear():
 def test_multidoc_qa_agrees_with_an_oracle(T, K, m, gold):
     b = tasks.qa(np.random.default_rng(T + gold), 12, T, K, gold, m)
     assert b.x.shape == (12, T) and torch.equal(b.x[:, 1:], b.y[:, :-1])
-    assert (b.answer.sum(1) == m).all() and b.answer[:, T - m:].all()
+    assert (b.query.sum(1) == m).all() and b.query[:, T - m:].all()
     for x, y in zip(b.x, b.y):
         seq = torch.cat([x, y[-1:]]).tolist()
         starts = [i for i, t in enumerate(seq) if t == tasks.BOS]

@@ -43,8 +43,8 @@ def test_ntp_and_meap_differ_only_in_the_inputs(tmp_path):
 
 
 def test_mask_queries_changes_which_inputs_are_masked(tmp_path):
-    """By default the retrieval queries are spared; --mask_queries true lets MEAP hide them too,
-    so the same seed and ratio give different masked inputs and a different first loss."""
+    """By default MEAP masks uniformly, the queries included; --mask_queries false spares them, so
+    the same seed and ratio give different masked inputs and a different first loss."""
     losses = {}
     for flag in ("false", "true"):
         run_script("train.py", *TINY, "--task", "mqar", "--max_iters", "1", "--eval_interval", "1",

@@ -12,13 +12,15 @@ three measurements, all on attention weights a[i, j] (query row i, key j; each r
    (MEAP 34.5% against NTP 9.4%)                          -> span_share(), asked_span()
 We add the lenses the paper does not use, because sharpness alone can mislead (a head can be sharp
 and look at the wrong place): hit@1 (is the most-attended key inside the span?), entropy per row,
-the effective number of keys, and a control for metric 2: how much of the variance rise is just
-the masked keys' weight being spread over the rest (drop_masked()).
+the effective number of keys, the attention sink (the share on the first token, Gu et al. 2024),
+and a control for metric 2: how much of the variance rise is just the masked keys' weight being
+spread over the rest (drop_masked()).
 
 Every function takes attention weights of shape (n_layer, B, n_head, T, T), as model.py's explicit
 path returns them (GPT.forward(..., return_attn=True)); causal rows see keys 0..i.
 
     python attention.py --grid results/cpu     # the attention table over a compare.py grid's runs
+    python attention.py --report results/cpu   # rewrite attention.md from attention.json alone
 """
 
 import argparse
@@ -102,15 +104,15 @@ def drop_masked(att, mask):
 # -----------------------------------------------------------------------------
 # attention on the answer-relevant span
 
-def asked_span(x, answer):
+def asked_span(x, query):
     """For retrieval prompts (tasks.py): the query row and the span holding its answer. For each
-    sequence b, q[b] is its first answer position (x there is the asked key) and span[b] (T,) marks
+    sequence b, q[b] is its first query position (x there is the asked key) and span[b] (T,) marks
     the key's first occurrence and the token after it (the needle, or the key-value pair). Returns
     q (B,) and span (B, T) bool."""
     B, T = x.shape
-    q = answer.int().argmax(dim=1)  # (B,) first True per row
-    if not bool(answer[torch.arange(B), q].all()):
-        raise ValueError("asked_span: every sequence needs an answer position")
+    q = query.int().argmax(dim=1)  # (B,) first True per row
+    if not bool(query[torch.arange(B), q].all()):
+        raise ValueError("asked_span: every sequence needs a query position")
     span = torch.zeros(B, T, dtype=torch.bool)
     for b in range(B):
         first = (x[b, :q[b]] == x[b, q[b]]).nonzero()
@@ -164,6 +166,12 @@ def entropy(att, normalise=True):
 def effective_keys(att):
     """1 / sum_j a^2 of every row: how many keys the row spreads over (1 = one key)."""
     return 1.0 / (att ** 2).sum(-1)
+
+
+def sink_share(att):
+    """The attention sink: the mean weight that rows 1..T-1 give to the first token (row 0 has
+    nothing else to see), over all layers, heads and sequences."""
+    return att[..., 1:, 0].mean().item()
 
 
 # -----------------------------------------------------------------------------
@@ -220,9 +228,10 @@ def probe(model, cfg, n_examples=200, seed=(2**31, 11), mask_ratio=0.15, mask_to
       pairs), by the pair's position; kv_share_in / kv_share_out average the trained-size positions
       (1..n_needles) and the ones beyond.
     - score_change, var_change, var_change_renorm: the paper's paired metrics on the training mix,
-      clean against a copy masked at mask_ratio (queries spared, as in training), and the variance
+      clean against a copy masked uniformly at mask_ratio (as the paper masks), and the variance
       change that drop_masked() alone would give.
-    - entropy: mean normalised entropy of all heads and rows on the clean training mix."""
+    - entropy: mean normalised entropy of all heads and rows on the clean training mix; sink: the
+      mean share of attention on the first token there."""
     T, P, N = cfg["block_size"], cfg["n_pairs"], cfg["n_needles"]
     mask_token_id = tasks.MASK_ID if mask_token_id is None else mask_token_id
     rng = np.random.default_rng(list(seed))
@@ -230,7 +239,7 @@ def probe(model, cfg, n_examples=200, seed=(2**31, 11), mask_ratio=0.15, mask_to
 
     b = tasks.needle(rng, n_examples, T, N)
     _, att = attention_maps(model, b.x)
-    q, span = asked_span(b.x, b.answer)
+    q, span = asked_span(b.x, b.query)
     share = span_share(att, q, span)
     layer, head = retrieval_head(share)
     keys_or_values = torch.from_numpy(np.isin(b.x.numpy(), np.concatenate([tasks.KEYS, tasks.VALUES])))
@@ -245,20 +254,21 @@ def probe(model, cfg, n_examples=200, seed=(2**31, 11), mask_ratio=0.15, mask_to
     for i in range(2 * N):
         kb = tasks.kv(rng, n_examples, T, 2 * N, i)
         _, katt = attention_maps(model, kb.x)
-        kq, kspan = asked_span(kb.x, kb.answer)
+        kq, kspan = asked_span(kb.x, kb.query)
         res[f"kv_share_p{i}"] = span_share(katt, kq, kspan)[layer, :, head].mean().item()
     res["kv_share_in"] = float(np.mean([res[f"kv_share_p{i}"] for i in range(N)]))
     res["kv_share_out"] = float(np.mean([res[f"kv_share_p{i}"] for i in range(N, 2 * N)]))
 
     mb = tasks.get_batch("mix", rng, n_examples, T, P, N)
     g = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    xm, mask = meap_inputs(mb.x, mask_ratio, mask_token_id, exclude=mb.answer, generator=g)
+    xm, mask = meap_inputs(mb.x, mask_ratio, mask_token_id, generator=g)
     _, att_n = attention_maps(model, mb.x)
     _, att_m = attention_maps(model, xm)
     res["score_change"] = masked_score_change(att_n, att_m, mask)
     res["var_change"] = unmasked_variance_change(att_n, att_m, mask)
     res["var_change_renorm"] = unmasked_variance_change(att_n, drop_masked(att_n, mask), mask)
     res["entropy"] = torch.nanmean(entropy(att_n)).item()
+    res["sink"] = sink_share(att_n)
     return res
 
 
@@ -273,7 +283,24 @@ COLUMNS = [  # (probe key, column title, format)
     ("var_change", "unmasked variance change", "{:+.3f}"),
     ("var_change_renorm", "(renormalising alone)", "{:+.3f}"),
     ("entropy", "mean entropy", "{:.3f}"),
+    ("sink", "sink (first token)", "{:.3f}"),
 ]
+
+
+def report(grid):
+    """Write grid/attention.md from grid/attention.json alone (the probe of every run and of the
+    untrained control); returns the markdown."""
+    data = compare.read_json(os.path.join(grid, "attention.json"))
+    results = {(run["mask_ratio"], run["seed"]): run for run in data["runs"]}
+    control = {("untrained", run["seed"]): run for run in data["untrained"]}
+    ratios, seeds = sorted({r for r, _ in results}), sorted({s for _, s in results})
+    md = compare.summary(results, ratios, seeds, COLUMNS)
+    md += "\nControl: the same seeds' weights before training (step 0).\n\n" + \
+        compare.summary(control, ["untrained"], seeds, COLUMNS, names={"untrained": "untrained"})
+    compare.write_text(os.path.join(grid, "attention.md"), f"`{data['command']}`\n\nPer-run data: "
+                       f"[attention.json](attention.json), from which `python attention.py --report DIR` "
+                       f"rewrites this file.\n\n{md}")
+    return md
 
 
 def main(argv=None):
@@ -281,8 +308,14 @@ def main(argv=None):
     ap.add_argument("--grid", default="results/cpu", help="a compare.py --out folder (its runs/ hold the checkpoints)")
     ap.add_argument("--examples", type=int, default=200, help="held-out prompts per measurement")
     ap.add_argument("--mask_ratio", type=float, default=0.15, help="ratio of the masked copy for the paired metrics")
+    ap.add_argument("--report", default=None, metavar="DIR", help="only rewrite DIR/attention.md from DIR/attention.json")
     ap.error = lambda msg: sys.exit(f"error: {msg} (python attention.py --help lists the options)")
     args = ap.parse_args(argv)
+    if args.report:
+        if not os.path.exists(os.path.join(args.report, "attention.json")):
+            raise SystemExit(f"error: {args.report} has no attention.json; run python attention.py --grid {args.report}")
+        print(report(args.report))
+        return
     if args.examples < 1 or not 0 < args.mask_ratio < 1:
         raise SystemExit(f"error: --examples must be at least 1 and --mask_ratio in (0, 1) "
                          f"(got {args.examples} and {args.mask_ratio})")
@@ -294,10 +327,7 @@ def main(argv=None):
             found[(float(m.group(1)), int(m.group(2)))] = os.path.join(runs, name)
     if not found:
         raise SystemExit(f"error: no checkpoints in {runs}; train a grid first: python compare.py --out {args.grid}")
-    ratios = sorted({r for r, _ in found})
     seeds = sorted({s for _, s in found})
-    if len(found) != len(ratios) * len(seeds):
-        raise SystemExit(f"error: {runs} holds {len(found)} runs, not every ratio x seed; finish the grid first")
     results, configs = {}, {}
     for (r, s), path in sorted(found.items()):
         model, cfg, it = compare.load_model(path)
@@ -311,12 +341,11 @@ def main(argv=None):
         model_config, cfg = configs[s]
         torch.manual_seed(s)
         control[("untrained", s)] = probe(GPT(model_config), cfg, args.examples, mask_ratio=args.mask_ratio)
-    md = compare.summary(results, ratios, seeds, COLUMNS)
-    md += "\nControl: the same seeds' weights before training (step 0).\n\n" + \
-        compare.summary(control, ["untrained"], seeds, COLUMNS, names={"untrained": "untrained"})
     cmd = " ".join(["python attention.py"] + (argv if argv is not None else sys.argv[1:]))
-    compare.write_text(os.path.join(args.grid, "attention.md"), f"`{cmd}`\n\n{md}")
-    print(md)
+    compare.write_json(os.path.join(args.grid, "attention.json"), {
+        "command": cmd, "runs": [{"mask_ratio": r, "seed": s, **res} for (r, s), res in sorted(results.items())],
+        "untrained": [{"seed": s, **res} for (_, s), res in sorted(control.items())]})
+    print(report(args.grid))
     print(f"wrote {args.grid}/attention.md")
 
 

@@ -37,23 +37,28 @@ import torch
 import tasks
 from model import GPT, GPTConfig
 
+# train.py's defaults for how MEAP masks and how the model starts, written into every preset so that
+# each grid's grid.json records them (the paper's uniform [MASK]; --set changes them per grid)
+MEAP_DEFAULTS = dict(mask_mode="per_sequence", mask_queries=True, corruption="mask", init="nanomeap", mqar_offset=0)
 # train.py settings of each preset; every run of a grid gets them, plus --mask_ratio and --seed
 PRESETS = {
     # the README's Results: 15 runs of ~3 minutes, two at a time on 2 CPU cores: 24 minutes
     "cpu": dict(train=dict(task="mix", block_size=64, batch_size=32, n_layer=2, n_head=4, n_kv_head=4,
                            n_embd=128, n_pairs=4, n_needles=4, max_iters=1000, warmup_iters=100,
-                           eval_interval=100, eval_iters=5, eval_examples=200, device="cpu", dtype="float32"),
+                           eval_interval=100, eval_iters=5, eval_examples=200, device="cpu", dtype="float32",
+                           **MEAP_DEFAULTS),
                 ratios=(0.0, 0.05, 0.10, 0.15, 0.20), seeds=(1, 2, 3), jobs=2, threads=1, examples=400),
     # one GPU (not yet run on one: see the README): a 4-layer, 256-wide model on 1024-token
     # contexts, 16 pairs and 8 needles; meant to take ~10 minutes on one H100
     "gpu": dict(train=dict(task="mix", block_size=1024, batch_size=32, n_layer=4, n_head=8, n_kv_head=8,
                            n_embd=256, n_pairs=16, n_needles=8, max_iters=1500, warmup_iters=150,
-                           eval_interval=100, eval_iters=5, eval_examples=200, device="auto"),
+                           eval_interval=100, eval_iters=5, eval_examples=200, device="auto", **MEAP_DEFAULTS),
                 ratios=(0.0, 0.05, 0.10, 0.15, 0.20), seeds=(1, 2, 3), jobs=1, threads=0, examples=500),
     # seconds: for the tests
     "tiny": dict(train=dict(task="mix", block_size=32, batch_size=4, n_layer=1, n_head=2, n_kv_head=2,
                             n_embd=32, n_pairs=2, n_needles=2, max_iters=6, warmup_iters=1,
-                            eval_interval=3, eval_iters=1, eval_examples=10, log_interval=1, device="cpu"),
+                            eval_interval=3, eval_iters=1, eval_examples=10, log_interval=1, device="cpu",
+                            **MEAP_DEFAULTS),
                 ratios=(0.0, 0.15), seeds=(1, 2), jobs=1, threads=1, examples=20),
 }
 T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,  # Student t, 97.5%,
@@ -236,23 +241,47 @@ def do_run(run_dir, ratio, seed, settings, threads, examples):
     res["val_loss"] = evals[-1]["val_loss"]
     res["steps_to_90"] = steps_to(evals, 0.9)
     res["curve"] = [[m["iter"], m.get("acc", float("nan"))] for m in evals]
+    res["evals"] = [{k: m[k] for k in ("iter", "val_loss", "acc", "acc_mqar", "acc_needle") if k in m} for m in evals]
     write_json(os.path.join(run_dir, "suite.json"), res)
     return res
 
 
-def run_grid(out, ratios, seeds, settings, jobs=1, threads=1, examples=400):
+# settings that change how MEAP corrupts its inputs and nothing else: at mask_ratio 0 (NTP) a run
+# is the same whatever they are (train.py draws no mask then), so a grid that differs from another
+# only in these can take its NTP runs from it instead of training them again
+MEAP_ONLY = ("mask_mode", "mask_queries", "corruption")
+
+
+def ntp_twin(out, other):
+    """True when the grid in `other` trains NTP runs identical to those of the grid in `out`: the
+    same settings but for MEAP_ONLY, and the same evaluation."""
+    a, b = read_json(os.path.join(out, "grid.json")), read_json(os.path.join(other, "grid.json"))
+    strip = lambda g: {k: v for k, v in g["settings"].items() if k not in MEAP_ONLY}  # noqa: E731
+    return strip(a) == strip(b) and a["examples"] == b["examples"]
+
+
+def run_grid(out, ratios, seeds, settings, jobs=1, threads=1, examples=400, ntp_from=None):
     """Run every (ratio, seed) without a suite.json, `jobs` at a time, with a progress line per
-    finished run; return {(ratio, seed): suite dict}."""
-    todo, results = [], {}
+    finished run; return {(ratio, seed): suite dict}. ntp_from: a grid whose finished NTP runs are
+    copied instead of trained (only pass one for which ntp_twin() holds)."""
+    todo, results, copied = [], {}, 0
     for seed in seeds:
         for r in ratios:
             path = os.path.join(out, "runs", run_name(r, seed))
+            twin = os.path.join(ntp_from or "", "runs", run_name(r, seed), "suite.json")
+            if r == 0 and ntp_from and os.path.exists(twin) and not os.path.exists(os.path.join(path, "suite.json")):
+                os.makedirs(path, exist_ok=True)
+                write_json(os.path.join(path, "suite.json"), dict(read_json(twin), copied_from=twin))
+                copied += 1
             if os.path.exists(os.path.join(path, "suite.json")):
                 results[(r, seed)] = read_json(os.path.join(path, "suite.json"))
             else:
                 todo.append((r, seed, path))
-    if results:
-        print(f"reusing {len(results)} finished run(s) in {out}/runs")
+    if copied:
+        print(f"copied {copied} NTP run(s) from {ntp_from}: at mask_ratio 0 the settings that differ "
+              f"({', '.join(MEAP_ONLY)}) change nothing")
+    if len(results) > copied:
+        print(f"reusing {len(results) - copied} finished run(s) in {out}/runs")
 
     def describe(job, res):
         return (f"mask_ratio {job[0]:.2f} seed {job[1]}: needle {res['needle']:.3f} mqar {res['mqar']:.3f} "
@@ -280,25 +309,47 @@ COLUMNS = [  # (suite key, column title, format)
 ]
 
 
+def seeds_of(results, row, seeds):
+    """The seeds among `seeds` that row `row` of results has a run for."""
+    return [s for s in seeds if (row, s) in results]
+
+
+def diff_cells(a, b, columns, seeds):
+    """Cells of a - b paired by seed, mean [95% paired-t interval], for each (key, title, format)
+    column; a and b map a seed to a run's dict."""
+    cells = []
+    for key, _, fmt in columns:
+        d, h = paired_ci([a[s][key] for s in seeds], [b[s][key] for s in seeds])
+        cells.append(f"{fmt.format(d)} [{fmt.format(d - h)}, {fmt.format(d + h)}]" if not math.isnan(h)
+                     else fmt.format(d))
+    return cells
+
+
 def summary(results, ratios, seeds, columns, names=None, baseline=0.0, first="mask_ratio"):
     """Markdown: mean ± sd over seeds per mask ratio of each (key, title, format) column, then
     each row minus the baseline row (NTP, ratio 0), paired by seed with a 95% paired-t interval,
-    when the baseline is in the grid. names optionally maps a ratio (any key of results) to its
-    row label; first is the title of the label column."""
+    when the baseline is in the grid. A row may have fewer seeds than others (its label says how
+    many); it is paired with the baseline over the seeds both have. names optionally maps a ratio
+    (any key of results) to its row label; first is the title of the label column."""
+    uneven = len({tuple(seeds_of(results, r, seeds)) for r in ratios}) > 1
+
     def name(r):
-        return (names or {}).get(r) or f"{r:.2f}{' (NTP)' if r == 0 else ''}"
+        label = (names or {}).get(r) or f"{r:.2f}{' (NTP)' if r == 0 else ''}"
+        n = len(seeds_of(results, r, seeds))
+        return label + (f" ({n} seeds)" if uneven else "")
 
     def vals(r, key):
-        return [results[(r, s)][key] for s in seeds]
+        return [results[(r, s)][key] for s in seeds_of(results, r, seeds)]
 
     head = f"| {first} | " + " | ".join(c[1] for c in columns) + " |\n" + "|---" * (len(columns) + 1) + "|\n"
-    lines = ["Mean ± sd over seeds " + ", ".join(map(str, seeds)) + ".\n", head]
+    lines = ["Mean ± sd over seeds " + ", ".join(map(str, seeds)) + (" (rows name their number of seeds)"
+                                                                     if uneven else "") + ".\n", head]
     for r in ratios:
         cells = []
         for key, _, fmt in columns:
             m, sd = mean_sd(vals(r, key))
             n_nan = int(np.isnan(vals(r, key)).sum())
-            if n_nan == len(seeds):
+            if n_nan == len(vals(r, key)):
                 cells.append("never")
                 continue
             sd_fmt = fmt.replace("+", "")  # a spread has no sign
@@ -307,26 +358,20 @@ def summary(results, ratios, seeds, columns, names=None, baseline=0.0, first="ma
     if baseline in ratios and len(ratios) > 1:
         minus = "MEAP - NTP" if baseline == 0.0 else f"Minus {name(baseline)}"
         lines += [f"\n{minus}, paired by seed: mean [95% paired-t interval].\n", head]
+        base = {s: results[(baseline, s)] for s in seeds_of(results, baseline, seeds)}
         for r in ratios:
-            if r == baseline:
-                continue
-            cells = []
-            for key, _, fmt in columns:
-                d, h = paired_ci(vals(r, key), vals(baseline, key))
-                cells.append(f"{fmt.format(d)} [{fmt.format(d - h)}, {fmt.format(d + h)}]" if not math.isnan(h)
-                             else fmt.format(d))
-            lines.append(f"| {name(r)} | " + " | ".join(cells) + " |\n")
+            if r != baseline:
+                both = [s for s in seeds_of(results, r, seeds) if s in base]
+                row = {s: results[(r, s)] for s in both}
+                lines.append(f"| {name(r)} | " + " | ".join(diff_cells(row, base, columns, both)) + " |\n")
     return "".join(lines).replace("nan", "n/a")
 
 
 def table(results, ratios, seeds):
     """The report: summary() of COLUMNS, then accuracy by needle depth and by kv position."""
-    def vals(r, key):
-        return [results[(r, s)][key] for s in seeds]
-
     lines = [summary(results, ratios, seeds, COLUMNS)]
     # the curves behind the plots, as numbers: accuracy by needle depth and by kv position
-    some = results[(ratios[0], seeds[0])]
+    some = results[(ratios[0], seeds_of(results, ratios[0], seeds)[0])]
     for title, keys, names in [("needle accuracy by depth of the asked needle",
                                 [f"needle_d{d:.2f}" for d in tasks.DEPTHS], [f"{d:.2f}" for d in tasks.DEPTHS]),
                                ("kv (lost in the middle) accuracy by position of the asked pair",
@@ -336,7 +381,21 @@ def table(results, ratios, seeds):
         lines += [f"\n{title}, mean over seeds.\n", "| mask_ratio | " + " | ".join(names) + " |\n",
                   "|---" * (len(keys) + 1) + "|\n"]
         for r in ratios:
-            lines.append(f"| {r:.2f} | " + " | ".join(f"{mean_sd(vals(r, k))[0]:.3f}" for k in keys) + " |\n")
+            lines.append(f"| {r:.2f} | " + " | ".join(
+                f"{mean_sd([results[(r, s)][k] for s in seeds_of(results, r, seeds)])[0]:.3f}" for k in keys) + " |\n")
+    return "".join(lines).replace("nan", "n/a")
+
+
+def against_table(results, other, seeds, columns, label):
+    """Markdown: this grid minus another grid at every mask ratio both have, paired by seed (the
+    seeds both have), for the (key, title, format) columns; label names the other grid."""
+    head = "| mask_ratio | " + " | ".join(c[1] for c in columns) + " |\n" + "|---" * (len(columns) + 1) + "|\n"
+    lines = [f"\nThis grid minus {label}, at the same mask_ratio, paired by seed: mean [95% paired-t interval].\n",
+             head]
+    for r in sorted({r for r, _ in results} & {r for r, _ in other}):
+        both = [s for s in seeds_of(results, r, seeds) if (r, s) in other]
+        a, b = {s: results[(r, s)] for s in both}, {s: other[(r, s)] for s in both}
+        lines.append(f"| {r:.2f} ({len(both)} seeds) | " + " | ".join(diff_cells(a, b, columns, both)) + " |\n")
     return "".join(lines).replace("nan", "n/a")
 
 
@@ -359,20 +418,67 @@ def figure(results, ratios, seeds, cfg):
     colors = colormaps["viridis"](np.linspace(0, 0.9, len(ratios)))
     for ax, (title, xlabel, xs, keys) in zip(axes, panels):
         for r, c in zip(ratios, colors):
-            m = np.array([[results[(r, s)][k] for k in keys] for s in seeds])  # (seeds, points)
+            m = np.array([[results[(r, s)][k] for k in keys] for s in seeds_of(results, r, seeds)])  # (seeds, points)
             ax.errorbar(xs, m.mean(0), yerr=m.std(0), color=c, marker="o", capsize=3,
                         label="NTP" if r == 0 else f"MEAP {r:.2f}")
         ax.axhline(1 / len(tasks.VALUES), color="gray", ls=":", label="chance (an untrained model)")
         ax.set(title=title, xlabel=xlabel, ylabel="exact-match accuracy", ylim=(-0.02, 1.02))
     ax = axes[3]
     for r, c in zip(ratios, colors):
-        curves = np.array([results[(r, s)]["curve"] for s in seeds])  # (seeds, evals, 2)
+        curves = np.array([results[(r, s)]["curve"] for s in seeds_of(results, r, seeds)])  # (seeds, evals, 2)
         ax.plot(curves[0, :, 0], curves[:, :, 1].mean(0), color=c, label="NTP" if r == 0 else f"MEAP {r:.2f}")
     ax.set(title="retrieval accuracy during training", xlabel="step", ylabel="accuracy (mean over seeds)",
            ylim=(-0.02, 1.02))
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# -----------------------------------------------------------------------------
+# per-run data: every grid folder keeps runs.json, and its report is a pure function of that file
+# (and of grid.json), so anyone can re-derive every number without training
+
+def load_runs(out, key="mask_ratio"):
+    """out/runs.json as (data, {(run[key], seed): run})."""
+    data = read_json(os.path.join(out, "runs.json"))
+    return data, {(run[key], run["seed"]): run for run in data["runs"]}
+
+
+def record_runs(out, results, command, key="mask_ratio", **extra):
+    """Merge results {(row, seed): run dict} into out/runs.json, add command to its list of
+    commands, and set the extra fields given (those not None)."""
+    path = os.path.join(out, "runs.json")
+    data, runs = load_runs(out, key) if os.path.exists(path) else ({"commands": []}, {})
+    runs.update(results)
+    if command not in data["commands"]:
+        data["commands"].append(command)
+    data.update({k: v for k, v in extra.items() if v is not None})
+    data["runs"] = [{key: row, "seed": seed, **{k: v for k, v in run.items() if k not in (key, "seed")}}
+                    for (row, seed), run in sorted(runs.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))]
+    write_json(path, data)
+
+
+def report(out):
+    """Write out/results.md and out/results.png from out/grid.json and out/runs.json alone: the
+    commands that trained the runs, table(), and, when runs.json names another grid ('against'),
+    this grid minus that one at each shared ratio. Returns the markdown."""
+    grid = read_json(os.path.join(out, "grid.json"))
+    data, results = load_runs(out)
+    ratios, seeds = sorted({r for r, _ in results}), sorted({s for _, s in results})
+    md = table(results, ratios, seeds)
+    if data.get("against"):
+        other_dir = os.path.normpath(os.path.join(out, data["against"]))
+        other = load_runs(other_dir)[1]
+        theirs = read_json(os.path.join(other_dir, "grid.json"))["settings"]
+        differ = ", ".join(f"{k}={v}" for k, v in grid["settings"].items() if theirs.get(k) != v) or "nothing"
+        md += against_table(results, other, seeds, COLUMNS, f"[`{os.path.basename(other_dir)}`]({data['against']}/results.md) (settings that "
+                            f"differ here: {differ})")
+    commands = "\n".join(f"`{c}`" for c in data["commands"])
+    write_text(os.path.join(out, "results.md"), f"{commands}\n\nPer-run data: [runs.json](runs.json), from which "
+               f"`python compare.py --report DIR` rewrites this file and results.png.\n\n{md}")
+    cfg = {k: int(grid["settings"][k]) for k in ("block_size", "n_pairs", "n_needles")}  # what the plots need
+    plots(results, ratios, seeds, cfg, os.path.join(out, "results.png"))
+    return md
 
 
 def plots(results, ratios, seeds, cfg, path):
@@ -412,8 +518,22 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=None, help="runs at a time")
     ap.add_argument("--examples", type=int, default=None, help="held-out examples per evaluation setting")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.py settings for every run")
+    ap.add_argument("--against", default=None, metavar="DIR",
+                    help="also report this grid minus the grid in DIR, ratio by ratio, paired by seed")
+    ap.add_argument("--report", default=None, metavar="DIR",
+                    help="only rewrite DIR/results.md and results.png from DIR/runs.json (no training)")
     ap.error = lambda msg: sys.exit(f"error: {msg} (python compare.py --help lists the options)")
     args = ap.parse_args(argv)
+    if args.report:
+        for name in ("grid.json", "runs.json"):
+            if not os.path.exists(os.path.join(args.report, name)):
+                raise SystemExit(f"error: {args.report} has no {name}; --report takes a folder compare.py wrote")
+        if args.against:  # recorded, so that the report stays a function of the folder
+            record_runs(args.report, {}, load_runs(args.report)[0]["commands"][0],
+                        against=os.path.relpath(args.against, args.report))
+        print(report(args.report))
+        print(f"wrote {args.report}/results.md and {args.report}/results.png")
+        return
     if args.preset not in PRESETS:
         raise SystemExit(f"error: unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[args.preset]
@@ -425,6 +545,8 @@ def main(argv=None):
     examples = p["examples"] if args.examples is None else args.examples
     if jobs < 1 or examples < 1:
         raise SystemExit(f"error: --jobs and --examples must be at least 1 (got {jobs} and {examples})")
+    if args.against and not os.path.exists(os.path.join(args.against, "runs.json")):
+        raise SystemExit(f"error: --against {args.against}: no runs.json there; give a folder compare.py wrote")
     os.makedirs(out, exist_ok=True)
     # a grid folder holds one configuration: refuse to mix runs trained with other settings
     cfg_path = os.path.join(out, "grid.json")
@@ -436,14 +558,12 @@ def main(argv=None):
     n = len(ratios) * len(seeds)
     print(f"compare: {n} runs ({len(ratios)} mask ratios x {len(seeds)} seeds), {jobs} at a time, in {out}")
     t0 = time.time()
-    results = run_grid(out, ratios, seeds, settings, jobs, p["threads"], examples)
-    cfg = {k: int(settings[k]) for k in ("block_size", "n_pairs", "n_needles")}  # what the plots need
-    md = table(results, ratios, seeds)
+    ntp_from = args.against if args.against and ntp_twin(out, args.against) else None
+    results = run_grid(out, ratios, seeds, settings, jobs, p["threads"], examples, ntp_from)
     cmd = " ".join(["python compare.py"] + (argv if argv is not None else sys.argv[1:]))
-    write_text(os.path.join(out, "results.md"), f"`{cmd}`\n\n{md}")
-    plots(results, ratios, seeds, cfg, os.path.join(out, "results.png"))
-    print(md)
-    print(f"wrote {out}/results.md and {out}/results.png | {(time.time() - t0) / 60:.1f} min")
+    record_runs(out, results, cmd, against=os.path.relpath(args.against, out) if args.against else None)
+    print(report(out))
+    print(f"wrote {out}/runs.json, {out}/results.md and {out}/results.png | {(time.time() - t0) / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ NTP-SFT vs MEAP-SFT, measured (paper §3.2): pre-train one NTP base, fine-tune i
 multi-document QA with each objective and several seeds, and report exact-match accuracy by the
 position of the gold document (the lost-in-the-middle curve) with a table and a plot.
 
-    python compare_sft.py                       # the README's table: a base and 12 runs, 21 min on 2 CPU cores
+    python compare_sft.py                       # the README's table: a base and 12 runs (time: see the README)
     python compare_sft.py --arms ntp,concat --seeds 1,2 --out results/sft-try
     python compare_sft.py --set max_iters=1600  # any train.py setting, for every fine-tuning run
 
@@ -16,8 +16,10 @@ The arms (train.py --sft and --mask_ratio), all from the same base, at equal tok
 - duplicate: concat with mask_ratio 0, the control that tells the masking from the duplication.
 
 A seed fixes the fine-tuning set, its order and the masks; arms of one seed share the set and the
-order. The paper masks 10% of answers of at least 50 tokens; our answers are 4 tokens, where 10%
-masks none (the count is floor(4 * 0.1) = 0), so the preset masks 1 of 4 (mask_ratio 0.25).
+order. The paper masks 10% of answers of at least 50 tokens. Our answers are 20 tokens, so that the
+paper's ratio 0.10 masks 2 of them: with a single masked token the official separate layout would
+be inert (its copy's loss equals the clean example's, see mask.sft_meap_separate), and 20 is the
+shortest answer for which 0.10 masks two.
 Runs live in OUT/base and OUT/runs/<arm>_s<seed>; an interrupted comparison resumes.
 """
 
@@ -32,8 +34,8 @@ import numpy as np
 import torch
 
 import tasks
-from compare import (apply_set, in_parallel, load_model, mean_sd, paired_ci, parse_list, read_json, save_png, steps_to,
-                     summary, train, write_json, write_text)
+from compare import (apply_set, in_parallel, load_model, load_runs, mean_sd, paired_ci, parse_list, read_json,
+                     record_runs, save_png, steps_to, summary, train, write_json, write_text)
 
 ARMS = {  # name: (train.py --sft, --mask_ratio; None = the preset's ratio)
     "ntp": ("ntp", 0.0),
@@ -54,8 +56,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BASE, SFT = config_file(os.path.join(HERE, "config/sft_base.py")), config_file(os.path.join(HERE, "config/sft_qa.py"))
 FIXED = ("out_dir", "init_from", "sft", "mask_ratio", "seed")  # chosen by the comparison, per run
 PRESETS = {
-    # the README's table, from the two config files, on 2 CPU cores: the base (3.4 min), then 12
-    # fine-tuning runs of ~2.5 min, two at a time
+    # the README's table, from the two config files, on 2 CPU cores: the base, then 12 fine-tuning
+    # runs, two at a time
     "cpu": dict(base={**{k: v for k, v in BASE.items() if k != "out_dir"}, "device": "cpu", "dtype": "float32"},
                 sft={**{k: v for k, v in SFT.items() if k not in FIXED}, "device": "cpu", "dtype": "float32"},
                 mask_ratio=SFT["mask_ratio"], arms=("ntp", "concat", "separate", "duplicate"), seeds=(1, 2, 3),
@@ -127,6 +129,7 @@ def table(results, arms, seeds, n_docs):
     each arm minus NTP-SFT paired by seed, and the accuracy by gold position."""
     rows = ["base"] + list(arms)
     cols = [("acc_qa", "exact match, mean over positions", "{:.3f}"),
+            ("acc_qa_token", "answer tokens right", "{:.3f}"),
             ("acc_qa_first", "first answer token (the lookup)", "{:.3f}")]
     cols += [(f"acc_qa_g{k}", f"gold {k}", "{:.3f}") for k in (1, (n_docs + 1) // 2, n_docs)]
     md = summary(results, rows, seeds, cols, names=LABELS, baseline="ntp", first="fine-tuning")
@@ -175,6 +178,27 @@ def figure(results, arms, seeds, n_docs, batch_size):
     return fig
 
 
+def report(out):
+    """Write out/results.md and out/results.png from out/grid.json and out/runs.json alone (no
+    training); returns the markdown and the paired concat - NTP-SFT line."""
+    grid = read_json(os.path.join(out, "grid.json"))
+    data, results = load_runs(out, key="arm")
+    arms = [a for a in ARMS if any(k[0] == a for k in results)]
+    seeds = sorted({s for a, s in results if a != "base"})
+    n_docs = int(grid["sft"]["n_docs"])
+    md = table(results, arms, seeds, n_docs)
+    line = ""
+    if "concat" in arms:
+        d, h = paired_ci(*([results[(a, s)]["acc_qa"] for s in seeds] for a in ("concat", "ntp")))
+        line = (f"MEAP-SFT (concat) - NTP-SFT, averaged over positions: {100 * d:+.1f} points "
+                f"[{100 * (d - h):+.1f}, {100 * (d + h):+.1f}] (the paper: +11.77 on 20-document QA, Llama-3-8B)")
+    commands = "\n".join(f"`{c}`" for c in data["commands"])
+    write_text(os.path.join(out, "results.md"), f"{commands}\n\nPer-run data: [runs.json](runs.json), from which "
+               f"`python compare_sft.py --report DIR` rewrites this file and results.png.\n\n{md}")
+    save_png(figure(results, arms, seeds, n_docs, int(grid["sft"]["batch_size"])), os.path.join(out, "results.png"))
+    return md, line
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="NTP-SFT vs MEAP-SFT from one base (see the docstring).")
     ap.add_argument("--preset", default="cpu", help=f"one of {', '.join(PRESETS)}")
@@ -185,8 +209,17 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=None, help="runs at a time")
     ap.add_argument("--examples", type=int, default=None, help="held-out questions per run (over all positions)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.py settings for every SFT run")
+    ap.add_argument("--report", default=None, metavar="DIR",
+                    help="only rewrite DIR/results.md and results.png from DIR/runs.json (no training)")
     ap.error = lambda msg: sys.exit(f"error: {msg} (python compare_sft.py --help lists the options)")
     args = ap.parse_args(argv)
+    if args.report:
+        for name in ("grid.json", "runs.json"):
+            if not os.path.exists(os.path.join(args.report, name)):
+                raise SystemExit(f"error: {args.report} has no {name}; --report takes a folder compare_sft.py wrote")
+        md, line = report(args.report)
+        print(md + line)
+        return
     if args.preset not in PRESETS:
         raise SystemExit(f"error: unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[args.preset]
@@ -217,17 +250,11 @@ def main(argv=None):
     t0 = time.time()
     torch.set_num_threads(2)
     results = run_all(out, arms, seeds, p, settings, ratio, jobs, examples)
-    n_docs = int(settings["n_docs"])
     cmd = " ".join(["python compare_sft.py"] + (argv if argv is not None else sys.argv[1:]))
-    md = table(results, arms, seeds, n_docs)
-    write_text(os.path.join(out, "results.md"), f"`{cmd}`\n\n{md}")
-    save_png(figure(results, arms, seeds, n_docs, int(settings["batch_size"])), os.path.join(out, "results.png"))
-    print(md)
-    if "concat" in arms:
-        d, h = paired_ci(*([results[(a, s)]["acc_qa"] for s in seeds] for a in ("concat", "ntp")))
-        print(f"MEAP-SFT (concat) - NTP-SFT, averaged over positions: {100 * d:+.1f} points "
-              f"[{100 * (d - h):+.1f}, {100 * (d + h):+.1f}] (the paper: +11.77 on 20-document QA, Llama-3-8B)")
-    print(f"wrote {out}/results.md and {out}/results.png | {(time.time() - t0) / 60:.1f} min")
+    record_runs(out, results, cmd, key="arm")
+    md, line = report(out)
+    print(md + line)
+    print(f"wrote {out}/runs.json, {out}/results.md and {out}/results.png | {(time.time() - t0) / 60:.1f} min")
 
 
 if __name__ == "__main__":

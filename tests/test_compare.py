@@ -9,7 +9,7 @@ import torch
 
 import compare
 import tasks
-from helpers import oracle_model, run_script
+from helpers import ROOT, oracle_model, run_script
 
 
 def test_mean_sd_and_paired_ci_against_hand_computed_values():
@@ -79,6 +79,70 @@ def test_grid_runs_resumes_and_reports(tmp_path):
     p = run_script("compare.py", "--preset", "tiny", "--out", out)
     assert "reusing 4 finished run(s)" in p.stdout and "[1/" not in p.stdout
 
+    # the per-run data: every run's numbers, and the report is a pure function of them
+    data = json.load(open(os.path.join(out, "runs.json")))
+    assert data["commands"] == [f"python compare.py --preset tiny --out {out}"]
+    assert sorted((r["mask_ratio"], r["seed"]) for r in data["runs"]) == [(0.0, 1), (0.0, 2), (0.15, 1), (0.15, 2)]
+    assert all({"needle", "mqar_2x", "kv_p3", "val_loss", "steps_to_90", "evals"} <= set(r) for r in data["runs"])
+    os.remove(os.path.join(out, "results.md"))
+    shutil.rmtree(os.path.join(out, "runs"))  # no checkpoints, no suite.json: runs.json alone
+    p = run_script("compare.py", "--report", out)
+    assert open(os.path.join(out, "results.md")).read() == md
+
+
+def test_against_pairs_two_grids_and_copies_identical_ntp_runs(tmp_path):
+    """--against DIR adds this grid minus DIR's at each ratio, paired by seed. A grid that differs
+    only in how MEAP masks takes DIR's NTP runs instead of training them again (they are the same
+    model). Extra seeds at some ratios give rows of their own size."""
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    run_script("compare.py", "--preset", "tiny", "--out", a, "--seeds", "1")
+    p = run_script("compare.py", "--preset", "tiny", "--out", b, "--seeds", "1", "--set", "mask_queries=false",
+                   "--against", a)
+    assert "copied 1 NTP run(s)" in p.stdout and "[1/1] mask_ratio 0.15" in p.stdout
+    md = open(os.path.join(b, "results.md")).read()
+    assert "This grid minus [`a`](../a/results.md) (settings that differ here: mask_queries=false)" in md
+    assert "| 0.00 (1 seeds) | 0.000 |" in md  # the copied NTP run against itself
+    assert json.load(open(os.path.join(b, "runs.json")))["against"] == "../a"
+    run_script("compare.py", "--preset", "tiny", "--out", a, "--seeds", "2", "--ratios", "0.15")
+    md = open(os.path.join(a, "results.md")).read()
+    assert "| 0.00 (NTP) (1 seeds) |" in md and "| 0.15 (2 seeds) |" in md
+    assert md.startswith(f"`python compare.py --preset tiny --out {a} --seeds 1`\n`python compare.py")
+    # a grid with other model settings trains its own NTP runs
+    p = run_script("compare.py", "--preset", "tiny", "--out", str(tmp_path / "c"), "--seeds", "1", "--ratios", "0",
+                   "--set", "n_embd=16", "--against", a)
+    assert "copied" not in p.stdout and "[1/1] mask_ratio 0.00" in p.stdout
+
+
+def test_every_committed_result_is_a_function_of_its_per_run_data(tmp_path):
+    """Each results/ folder's results.md (and attention.md) is what its report writes from its
+    runs.json (attention.json) alone, byte for byte: nothing in them was edited or left stale."""
+    import attention
+    import compare_sft
+    results = os.path.join(ROOT, "results")
+    shutil.copytree(results, tmp_path / "results", ignore=shutil.ignore_patterns("runs", "base", "*.png"))
+    checked = 0
+    for name in sorted(os.listdir(results)):
+        folder = tmp_path / "results" / name
+        if not (folder / "grid.json").exists():
+            continue
+        assert (folder / "runs.json").exists(), f"results/{name} has no per-run data"
+        assert os.path.getsize(folder / "runs.json") < 1_000_000
+        committed = (folder / "results.md").read_text()
+        (folder / "results.md").unlink()
+        is_sft = "base" in json.load(open(folder / "grid.json"))
+        (compare_sft.report if is_sft else compare.report)(str(folder))
+        assert (folder / "results.md").read_text() == committed, f"results/{name}/results.md"
+        if (folder / "attention.json").exists():
+            committed = (folder / "attention.md").read_text()
+            attention.report(str(folder))
+            assert (folder / "attention.md").read_text() == committed, f"results/{name}/attention.md"
+        checked += 1
+    assert checked >= 8
+
+
+def test_a_run_interrupted_half_way_resumes_exactly(tmp_path):
+    out = str(tmp_path / "grid")
+    run_script("compare.py", "--preset", "tiny", "--out", out, "--ratios", "0.15", "--seeds", "1")
     # a run interrupted half-way resumes from its checkpoint and ends exactly where it would have
     run = os.path.join(out, "runs", "r0.15_s1")
     before = json.load(open(os.path.join(run, "suite.json")))
@@ -86,8 +150,8 @@ def test_grid_runs_resumes_and_reports(tmp_path):
     settings = compare.PRESETS["tiny"]["train"]  # stop at 3 of 6 steps, on the 6-step lr schedule
     cmd = compare.train_cmd(run, 0.15, 1, dict(settings, max_iters=3, lr_decay_iters=6))
     run_script(*cmd[1:])
-    p = run_script("compare.py", "--preset", "tiny", "--out", out)
-    assert "reusing 3 finished run(s)" in p.stdout and "[1/1]" in p.stdout
+    p = run_script("compare.py", "--preset", "tiny", "--out", out, "--ratios", "0.15", "--seeds", "1")
+    assert "[1/1]" in p.stdout
     assert "resuming from" in open(os.path.join(run, "train.log")).read()
     assert json.load(open(os.path.join(run, "suite.json"))) == before
 

@@ -2,15 +2,22 @@
 NTP vs MEAP, measured: train the same model over a grid of mask ratios and seeds, evaluate every
 checkpoint on clean held-out retrieval settings, and write a results table and plots.
 
-    python compare.py --preset cpu                  # the README's Results (24 min on 2 CPU cores)
+    python compare.py --preset cpu                  # the README's Results (about 21 min on 2 CPU cores)
     python compare.py --preset gpu                  # bigger model, longer contexts, one GPU
     python compare.py --preset cpu --set n_layer=4  # any train.py setting, for every run
-    python compare.py --preset cpu --ratios 0,0.15 --seeds 1,2 --out results/try
+    python compare.py --preset cpu --ratios 0,0.15 --seeds 4,5   # more seeds in the same grid
+    python compare.py --preset cpu --set mask_mode=shared --against results/cpu --out results/cpu-shared
+    python compare.py --report results/cpu          # rewrite results.md and results.png from runs.json
 
 Every run of a grid differs from the NTP run of its seed only in mask_ratio: same weights at
 init, same data order, same steps (train.py seeds all of them from --seed). A run lives in
-OUT/runs/r<ratio>_s<seed>/; an interrupted grid resumes: finished runs are kept, a half-trained one
-continues from its last checkpoint (bit-exact), and only the missing work is done.
+OUT/runs/r<ratio>_s<seed>/ (checkpoints are not committed); an interrupted grid resumes: finished
+runs are kept, a half-trained one continues from its last checkpoint (bit-exact), and only the
+missing work is done. Every finished run's numbers go into OUT/runs.json, and the report
+(results.md, results.png) is a function of that file and grid.json alone, so a reader can re-derive
+every number without training. --against DIR adds this grid minus the grid in DIR at each ratio,
+paired by seed: the way to compare two variants of MEAP (e.g. the official shared masks against
+per-sequence ones).
 
 What each checkpoint is asked (all on clean inputs, from a seed no training stream uses):
 - needle: the trained needle task at each depth (the depth curve) and at shorter contexts (the

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 import tasks
-from compare import (apply_set, in_parallel, load_model, load_runs, mean_sd, paired_ci, parse_list, read_json,
+from compare import (MEAP_DEFAULTS, apply_set, diff_cells, in_parallel, load_model, load_runs, mean_sd, paired_ci, parse_list, read_json,
                      record_runs, save_png, steps_to, summary, train, write_json, write_text)
 
 ARMS = {  # name: (train.py --sft, --mask_ratio; None = the preset's ratio)
@@ -58,8 +58,10 @@ FIXED = ("out_dir", "init_from", "sft", "mask_ratio", "seed")  # chosen by the c
 PRESETS = {
     # the README's table, from the two config files, on 2 CPU cores: the base, then 12 fine-tuning
     # runs, two at a time
-    "cpu": dict(base={**{k: v for k, v in BASE.items() if k != "out_dir"}, "device": "cpu", "dtype": "float32"},
-                sft={**{k: v for k, v in SFT.items() if k not in FIXED}, "device": "cpu", "dtype": "float32"},
+    "cpu": dict(base={**MEAP_DEFAULTS, **{k: v for k, v in BASE.items() if k != "out_dir"}, "device": "cpu",
+                      "dtype": "float32"},
+                sft={**{k: v for k, v in SFT.items() if k not in FIXED}, "sft_static": False, "device": "cpu",
+                     "dtype": "float32"},
                 mask_ratio=SFT["mask_ratio"], arms=("ntp", "concat", "separate", "duplicate"), seeds=(1, 2, 3),
                 jobs=2, threads=1, examples=1200),
     # seconds: for the tests
@@ -131,8 +133,14 @@ def table(results, arms, seeds, n_docs):
     cols = [("acc_qa", "exact match, mean over positions", "{:.3f}"),
             ("acc_qa_token", "answer tokens right", "{:.3f}"),
             ("acc_qa_first", "first answer token (the lookup)", "{:.3f}")]
-    cols += [(f"acc_qa_g{k}", f"gold {k}", "{:.3f}") for k in (1, (n_docs + 1) // 2, n_docs)]
+    cols += [(f"acc_qa_g{k}", f"gold {k}", "{:.3f}") for k in sorted({1, (n_docs + 1) // 2, n_docs})]
     md = summary(results, rows, seeds, cols, names=LABELS, baseline="ntp", first="fine-tuning")
+    if "duplicate" in arms and "concat" in arms:  # what the mask adds to the duplication alone
+        md += ("\nWhat the mask adds: concat minus the duplicate control (the same layout, no mask), paired by "
+               "seed: mean [95% paired-t interval].\n| fine-tuning | " + " | ".join(c[1] for c in cols) + " |\n" +
+               "|---" * (len(cols) + 1) + "|\n")
+        concat, dup = ({s: results[(a, s)] for s in seeds} for a in ("concat", "duplicate"))
+        md += f"| {LABELS['concat']} | " + " | ".join(diff_cells(concat, dup, cols, seeds)) + " |\n"
     md += "\nExact match by position of the gold document (1 = first, farthest from the question), mean over seeds.\n"
     md += "| fine-tuning | " + " | ".join(str(k) for k in range(1, n_docs + 1)) + " | steps to 50% |\n"
     md += "|---" * (n_docs + 2) + "|\n"

@@ -1,11 +1,11 @@
 # The pre-trained base for fine-tuning (notebook 04, compare_sft.py): plain NTP on the retrieval
-# mixture, with a 128-token block so that the paper's concatenated MEAP-SFT layout (2 x 64 tokens)
-# fits. Cost, measured on 2 CPU cores (fp32): 3.4 minutes.
+# mixture, with a 144-token block so that the paper's concatenated MEAP-SFT layout (2 x 72 tokens)
+# fits. Cost, measured on 2 CPU cores (fp32): see compare_sft.py's docstring.
 #   python train.py config/sft_base.py
 # then fine-tune it: python train.py config/sft_qa.py (see that file)
 out_dir = "out-sft-base"
 task = "mix"
-block_size = 128
+block_size = 144
 batch_size = 32
 n_layer = 2
 n_head = 4

@@ -62,7 +62,7 @@ def test_config_file_with_an_unknown_or_mistyped_setting(tmp_path):
     (["--dataset", "nope"], "error: data/nope/train.bin not found; prepare it with: python data/nope/prepare.py"),
     (["--init_from", "resume", "--out_dir", "/nonexistent/x"], "error: --init_from resume: no checkpoint at"),
     (["--device", "cuda:x"], "error: --device 'cuda:x' is not a device"),
-    (["--block_size", "16", "--n_pairs", "8"], "error: mqar: 8 pairs need seq_len >= 18"),
+    (["--block_size", "16", "--n_pairs", "8"], "error: mqar: 8 pairs and an offset of 0 need seq_len >= 18"),
     (["--eval_interval", "0"], "error: --eval_interval must be at least 1, got 0"),
 ])
 def test_train_py_bad_input_is_one_line_without_traceback(args, message):

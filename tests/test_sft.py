@@ -62,7 +62,8 @@ def test_qa_examples_cycle_the_gold_document_and_split_prompt_from_answer():
 def test_evaluate_qa_scores_whole_answers_by_gold_position():
     K, m, T = 4, 3, 47
     res = tasks.evaluate_qa(lambda x: qa_oracle(x, m), T, K, m, n_examples=40)
-    assert res == {**{f"acc_qa_g{k}": 1.0 for k in range(1, K + 1)}, "acc_qa": 1.0, "acc": 1.0, "acc_qa_first": 1.0}
+    assert res == {**{f"acc_qa_g{k}": 1.0 for k in range(1, K + 1)}, "acc_qa": 1.0, "acc": 1.0, "acc_qa_first": 1.0,
+                   "acc_qa_token": 1.0}
 
     def first_document(x):  # always answers with the values of the first document's fact
         logits = torch.zeros(*x.shape, tasks.VOCAB_SIZE)
@@ -80,7 +81,7 @@ def test_evaluate_qa_scores_whole_answers_by_gold_position():
         logits[:, -1] = logits[:, -1].roll(1, dims=-1)
         return logits
     res = tasks.evaluate_qa(all_but_last_token, T, K, m, n_examples=40)
-    assert res["acc_qa"] == 0.0 and res["acc_qa_first"] == 1.0
+    assert res["acc_qa"] == 0.0 and res["acc_qa_first"] == 1.0 and res["acc_qa_token"] == pytest.approx((m - 1) / m)
     rng = np.random.default_rng(0)
     per_token = tasks.accuracy(all_but_last_token, lambda b: tasks.qa(rng, b, T, K, 1, m), 20)
     assert per_token == pytest.approx((m - 1) / m)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import tasks
-from mask import IGNORE, meap_inputs, num_masked, sft_meap_concat, sft_meap_separate, sft_ntp, shared_seed
+from mask import IGNORE, meap_inputs, sft_meap_concat, sft_meap_separate, sft_ntp, shared_seed
 
 VAL_SEED = 2**31
 DATA, MASKS, SFT_SET, SFT_ORDER, SFT_MASKS, EVAL = range(6)  # stream ids
@@ -96,10 +96,6 @@ class Batches:
                            exclude=None if c["mask_queries"] else query, generator=self.mask_generator(it, micro),
                            corruption=c["corruption"], vocab_size=self.mask_token_id)
         return x
-
-    def masks_per_row(self):
-        """How many inputs MEAP corrupts in each training row: floor(block_size * mask_ratio)."""
-        return num_masked(self.cfg["block_size"], self.cfg["mask_ratio"])
 
     # -- fine-tuning --------------------------------------------------------------------------------
 

@@ -263,8 +263,8 @@ def ntp_twin(out, other):
     """True when the grid in `other` trains NTP runs identical to those of the grid in `out`: the
     same settings but for MEAP_ONLY, and the same evaluation."""
     a, b = read_json(os.path.join(out, "grid.json")), read_json(os.path.join(other, "grid.json"))
-    strip = lambda g: {k: v for k, v in g["settings"].items() if k not in MEAP_ONLY}  # noqa: E731
-    return strip(a) == strip(b) and a["examples"] == b["examples"]
+    same = {k for k in a["settings"].keys() | b["settings"].keys() if k not in MEAP_ONLY}
+    return all(a["settings"].get(k) == b["settings"].get(k) for k in same) and a["examples"] == b["examples"]
 
 
 def run_grid(out, ratios, seeds, settings, jobs=1, threads=1, examples=400, ntp_from=None):
@@ -451,13 +451,13 @@ def load_runs(out, key="mask_ratio"):
     return data, {(run[key], run["seed"]): run for run in data["runs"]}
 
 
-def record_runs(out, results, command, key="mask_ratio", **extra):
-    """Merge results {(row, seed): run dict} into out/runs.json, add command to its list of
-    commands, and set the extra fields given (those not None)."""
+def record_runs(out, results, command=None, key="mask_ratio", **extra):
+    """Merge results {(row, seed): run dict} into out/runs.json, add command (if any) to its list
+    of commands, and set the extra fields given (those not None)."""
     path = os.path.join(out, "runs.json")
     data, runs = load_runs(out, key) if os.path.exists(path) else ({"commands": []}, {})
     runs.update(results)
-    if command not in data["commands"]:
+    if command and command not in data["commands"]:
         data["commands"].append(command)
     data.update({k: v for k, v in extra.items() if v is not None})
     data["runs"] = [{key: row, "seed": seed, **{k: v for k, v in run.items() if k not in (key, "seed")}}
@@ -536,8 +536,7 @@ def main(argv=None):
             if not os.path.exists(os.path.join(args.report, name)):
                 raise SystemExit(f"error: {args.report} has no {name}; --report takes a folder compare.py wrote")
         if args.against:  # recorded, so that the report stays a function of the folder
-            record_runs(args.report, {}, load_runs(args.report)[0]["commands"][0],
-                        against=os.path.relpath(args.against, args.report))
+            record_runs(args.report, {}, against=os.path.relpath(args.against, args.report))
         print(report(args.report))
         print(f"wrote {args.report}/results.md and {args.report}/results.png")
         return

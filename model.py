@@ -146,6 +146,9 @@ class Block(nn.Module):
         return x, att
 
 
+INITS = ("nanomeap", "official")  # weight initialisations: ours, and the MEAP code's (see GPT._init_weights)
+
+
 @dataclass
 class GPTConfig:
     block_size: int = 256  # longest sequence (RoPE tables and KV cache are this long)
@@ -170,8 +173,8 @@ class GPT(nn.Module):
         cos, sin = rope_cache(config.block_size, config.n_embd // config.n_head, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        if config.init not in ("nanomeap", "official"):
-            raise ValueError(f"init must be 'nanomeap' or 'official', got {config.init!r}")
+        if config.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {config.init!r}")
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # the projections that write into the residual stream
             if name.endswith("o_proj.weight") or name.endswith("down_proj.weight"):

@@ -39,7 +39,7 @@ import configurator
 import tasks
 from batches import VAL_SEED, EVAL, Batches
 from mask import CORRUPTIONS, MODES, num_masked
-from model import GPT, GPTConfig
+from model import GPT, INITS, GPTConfig
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -147,8 +147,8 @@ if mask_mode == "shared" and not mask_queries:
         "queries; drop --mask_queries false, or use --mask_mode per_sequence")
 if corruption not in CORRUPTIONS:
     die(f"--corruption must be one of {CORRUPTIONS}, got {corruption!r}")
-if init not in ("nanomeap", "official"):
-    die(f"--init must be nanomeap or official, got {init!r}")
+if init not in INITS:
+    die(f"--init must be one of {INITS}, got {init!r}")
 if dtype not in ("auto", "float32", "bfloat16", "float16"):
     die(f"--dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
 if dataset == "synthetic" and task not in tasks.TASKS:
@@ -352,7 +352,7 @@ if master:
             kept = [line for line in f if json.loads(line)["iter"] < iter_num]
     with open(metrics_path, "w") as f:
         f.writelines(kept)
-    k = batches.masks_per_row()
+    k = num_masked(block_size, mask_ratio)
     what = (f"MEAP, mask_ratio {mask_ratio} ({k} of {block_size} inputs, {mask_mode}"
             f"{', queries spared' if not mask_queries else ''}{', random tokens' if corruption == 'random' else ''})")
     if k == 0:

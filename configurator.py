@@ -12,8 +12,10 @@ ConfigError with one line naming the fix; `--help` prints every setting with its
 
 import ast
 import difflib
+import os
 import re
 import sys
+import time
 
 
 class ConfigError(ValueError):
@@ -69,7 +71,12 @@ def parse(argv, defaults):
             except OSError:
                 raise ConfigError(f"config file not found: {arg}") from None
             namespace = {}
-            exec(compile(source, arg, "exec"), {}, namespace)
+            try:
+                exec(compile(source, arg, "exec"), {}, namespace)
+            except SyntaxError as e:
+                raise ConfigError(f"{arg}, line {e.lineno}: {e.msg}") from None
+            except Exception as e:  # the config file's own code failed
+                raise ConfigError(f"{arg} raised {type(e).__name__}: {e}") from None
             for key, value in namespace.items():
                 if key.startswith("_") or type(value).__name__ == "module":
                     continue
@@ -106,6 +113,39 @@ def help_text(script_path, defaults):
     return "\n".join(lines)
 
 
+def die(msg, code=1):
+    """The scripts' way out on bad input: one line, `error: msg`, on stderr, and exit code. Under
+    torchrun every rank fails alike, so rank 0 says it, and the others wait a moment first:
+    torchrun stops every rank as soon as one has exited."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"error: {msg}", file=sys.stderr, flush=True)
+    else:
+        time.sleep(5)
+    sys.exit(code)
+
+
+def pick_device(name):
+    """The device a script runs on: 'auto' picks cuda, then mps, then cpu; an explicit one must
+    exist here. ConfigError (one line) otherwise."""
+    import torch  # here, so that parsing flags needs no torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        kind = torch.device(name).type
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {name!r}: nanoMEAP runs on cpu, cuda or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}, but CUDA is not available here; use --device cpu")
+    if kind == "cuda" and (torch.device(name).index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {name}, but MPS is not available here; use --device cpu")
+    return name
+
+
 def defaults_of(script_globals):
     """A script's settings: its globals of type int, float, bool or str not starting with '_'."""
     return {k: v for k, v in script_globals.items()
@@ -122,7 +162,7 @@ def apply(argv, script_globals):
     try:
         changed = parse(argv, defaults)
     except ConfigError as e:
-        sys.exit(f"error: {e}")
+        die(e)
     script_globals.update(changed)
     return changed
 

@@ -165,6 +165,14 @@ class GPT(nn.Module):
 
     def __init__(self, config):
         super().__init__()
+        c = config
+        if min(c.block_size, c.vocab_size, c.n_layer, c.n_head, c.n_kv_head, c.n_embd) < 1 or \
+                c.n_embd % c.n_head or c.n_head % c.n_kv_head or (c.n_embd // c.n_head) % 2:
+            raise ValueError(f"need positive sizes, n_embd divisible by n_head with an even head size (RoPE "
+                             f"rotates pairs), and n_head by n_kv_head; got n_embd={c.n_embd}, n_head={c.n_head}, "
+                             f"n_kv_head={c.n_kv_head}, n_layer={c.n_layer}, block_size={c.block_size}")
+        if c.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {c.init!r}")
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
@@ -173,8 +181,6 @@ class GPT(nn.Module):
         cos, sin = rope_cache(config.block_size, config.n_embd // config.n_head, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        if config.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {config.init!r}")
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # the projections that write into the residual stream
             if name.endswith("o_proj.weight") or name.endswith("down_proj.weight"):
@@ -255,6 +261,10 @@ class GPT(nn.Module):
         """Extend idx (B, T) by max_new_tokens tokens, feeding one new token per step through a
         KV cache. temperature 0 is greedy; top_k keeps the k likeliest tokens; only ids below
         vocab_limit can be drawn (use it to keep [MASK] and the vocabulary padding out)."""
+        if not temperature >= 0:  # (also catches NaN)
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be at least 1 (or None: all tokens), got {top_k}")
         cfg = self.config
         cache = None
         for _ in range(max_new_tokens):

@@ -7,6 +7,7 @@ of the *input* tokens by [MASK] before the forward pass; targets and loss stay t
     python train.py --mask_ratio 0 --out_dir out-ntp # NTP, everything else identical
     python train.py config/NAME.py --max_iters 5000  # a config file, then flags
     python train.py --init_from resume               # continue the run in out_dir exactly
+    python train.py --overwrite true                 # replace the finished run in out_dir (else refused)
     python train.py config/sft_qa.py                 # fine-tune config/sft_base.py's model, MEAP-SFT
     torchrun --standalone --nproc_per_node 8 train.py  # DDP over 8 GPUs (gloo on CPU)
 
@@ -26,6 +27,7 @@ import json
 import math
 import os
 import pickle
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -35,16 +37,19 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import checkpoint
 import configurator
 import tasks
 from batches import VAL_SEED, EVAL, Batches
+from configurator import die
 from mask import CORRUPTIONS, MODES, num_masked
-from model import GPT, INITS, GPTConfig
+from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 # I/O
 out_dir = "out"  # ckpt.pt and metrics.jsonl are written here
 init_from = "scratch"  # 'scratch'; 'resume' out_dir/ckpt.pt with its settings; or a checkpoint (folder) to fine-tune
+overwrite = False  # let a new run replace the run already in out_dir (refused otherwise, to keep it safe)
 eval_interval = 250  # iterations between evaluations and checkpoints
 log_interval = 50  # iterations between progress lines
 eval_iters = 10  # batches for the clean val loss
@@ -95,25 +100,21 @@ seed = 1337  # seeds the weights, the data order and the masks
 # -----------------------------------------------------------------------------
 config_keys = list(configurator.defaults_of(globals()))  # the settings above
 overrides = configurator.apply(sys.argv[1:], globals())
-
-
-def die(msg):
-    sys.exit(f"error: {msg}")
-
+signal.signal(signal.SIGINT, lambda *_: die("interrupted before training began; nothing was written", 130))  # Ctrl-C
 
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
-checkpoint = None
+ckpt = None  # the checkpoint to start from, if any
 if init_from == "resume":
     # continue with the settings saved in the checkpoint; flags given now still win
     if not os.path.exists(ckpt_path):
         die(f"--init_from resume: no checkpoint at {ckpt_path} (check --out_dir, or start with --init_from scratch)")
     try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        saved_config = checkpoint["config"]
-    except Exception as e:  # truncated, corrupt, or not a train.py checkpoint
-        die(f"cannot read {ckpt_path} as a train.py checkpoint ({type(e).__name__}); use a new --out_dir")
+        ckpt = checkpoint.load(ckpt_path)
+    except ValueError as e:
+        die(f"{e}; use a new --out_dir")
+    saved_config = ckpt["config"]
     for k, v in saved_config.items():
-        if k not in overrides and k not in ("init_from", "out_dir"):
+        if k not in overrides and k not in ("init_from", "out_dir", "overwrite"):
             globals()[k] = v
     for k in ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
         if k in overrides and overrides[k] != saved_config[k]:
@@ -123,11 +124,14 @@ elif init_from != "scratch":  # fine-tune: the weights and the model's shape fro
     base_path = init_from if init_from.endswith(".pt") else os.path.join(init_from, "ckpt.pt")
     if not os.path.exists(base_path):
         die(f"--init_from {init_from}: no checkpoint there (give a ckpt.pt, its folder, 'scratch' or 'resume')")
+    if os.path.abspath(os.path.dirname(base_path)) == os.path.abspath(out_dir):
+        die(f"--out_dir {out_dir} holds the checkpoint this run starts from; "
+            f"give the fine-tuned model its own --out_dir")
     try:
-        checkpoint = torch.load(base_path, map_location="cpu", weights_only=False)
-        base_config = checkpoint["config"]
-    except Exception as e:
-        die(f"cannot read {base_path} as a train.py checkpoint ({type(e).__name__})")
+        ckpt = checkpoint.load(base_path)
+    except ValueError as e:
+        die(e)
+    base_config = ckpt["config"]
     for k in ("dataset", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "init"):
         if k in overrides and overrides[k] != base_config.get(k, "nanomeap"):
             die(f"--{k} {overrides[k]} does not match {base_path}'s {base_config.get(k, 'nanomeap')}; drop the flag")
@@ -147,8 +151,6 @@ if mask_mode == "shared" and not mask_queries:
         "queries; drop --mask_queries false, or use --mask_mode per_sequence")
 if corruption not in CORRUPTIONS:
     die(f"--corruption must be one of {CORRUPTIONS}, got {corruption!r}")
-if init not in INITS:
-    die(f"--init must be one of {INITS}, got {init!r}")
 if dtype not in ("auto", "float32", "bfloat16", "float16"):
     die(f"--dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
 if dataset == "synthetic" and task not in tasks.TASKS:
@@ -180,26 +182,24 @@ if finetune:
         die(f"{e}; raise --qa_tokens or lower --n_docs / --answer_len")
     if sft_examples < 1:
         die(f"--sft_examples must be at least 1, got {sft_examples}")
-for k in ("batch_size", "block_size", "max_iters", "n_layer", "n_head", "n_embd", "gradient_accumulation_steps",
-          "eval_interval", "log_interval", "eval_iters", "eval_examples"):
+for k in ("batch_size", "block_size", "max_iters", "gradient_accumulation_steps", "eval_interval", "log_interval",
+          "eval_iters", "eval_examples"):
     if globals()[k] < 1:
         die(f"--{k} must be at least 1, got {globals()[k]}")
-if n_embd % n_head or n_head % n_kv_head or (n_embd // n_head) % 2:
-    die(f"need n_embd divisible by n_head with an even head size, and n_head by n_kv_head "
-        f"(got n_embd={n_embd}, n_head={n_head}, n_kv_head={n_kv_head})")
+for k in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):  # (NaN fails every comparison)
+    if not 0 <= globals()[k] <= 1e9:  # beyond, AdamW's float32 arithmetic overflows
+        die(f"--{k} must be a number in [0, 1e9], got {globals()[k]}")
+if learning_rate == 0 or not (0 <= beta1 < 1 and 0 <= beta2 < 1) or seed < 0 or warmup_iters < 0:
+    die(f"need --learning_rate > 0, --beta1 and --beta2 in [0, 1), --seed >= 0 and --warmup_iters >= 0 "
+        f"(got {learning_rate}, {beta1}, {beta2}, {seed}, {warmup_iters})")
 
 # -----------------------------------------------------------------------------
 # devices and processes
-if device == "auto":
-    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
 try:
-    device_type = torch.device(device).type
-except RuntimeError:
-    die(f"--device {device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
-if device_type == "cuda" and not torch.cuda.is_available():
-    die("--device cuda, but CUDA is not available here; use --device cpu")
-if device_type == "mps" and not torch.backends.mps.is_available():
-    die("--device mps, but MPS is not available here; use --device cpu")
+    device = configurator.pick_device(device)
+except configurator.ConfigError as e:
+    die(e)
+device_type = torch.device(device).type
 ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
 if ddp:
     dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
@@ -270,27 +270,29 @@ def to_device(*ts):
 torch.manual_seed(seed)
 model_args = dict(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head,
                   n_embd=n_embd, vocab_size=64 * math.ceil(real_vocab / 64), init=init)  # pad vocab to 64s
-raw_model = GPT(GPTConfig(**model_args)).to(device)
+try:
+    raw_model = GPT(GPTConfig(**model_args)).to(device)
+except ValueError as e:  # the shape does not fit (model.py checks it)
+    die(e)
 optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
-iter_num = 0
-if checkpoint is not None and init_from not in ("scratch", "resume"):  # fine-tuning: the weights only
-    if checkpoint["model_args"] != model_args:
-        die(f"{base_path} was trained with {checkpoint['model_args']}, not {model_args}")
-    raw_model.load_state_dict(checkpoint["model"])
-    del checkpoint
-elif checkpoint is not None:
-    if checkpoint["model_args"] != model_args:
-        die(f"{ckpt_path} was trained with {checkpoint['model_args']}, not {model_args}; use a new --out_dir")
+iter_num = saved_iter = 0  # saved_iter: the step of the last checkpoint in out_dir (0: none yet)
+if ckpt is not None and init_from not in ("scratch", "resume"):  # fine-tuning: the weights only
+    if ckpt["model_args"] != model_args:
+        die(f"{base_path} was trained with {ckpt['model_args']}, not {model_args}")
+    raw_model.load_state_dict(ckpt["model"])
+elif ckpt is not None:
+    if ckpt["model_args"] != model_args:
+        die(f"{ckpt_path} was trained with {ckpt['model_args']}, not {model_args}; use a new --out_dir")
     try:
-        raw_model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         die(f"{ckpt_path} does not fit this model ({str(e).splitlines()[0]}); use a new --out_dir")
-    scaler.load_state_dict(checkpoint["scaler"])
-    torch.set_rng_state(checkpoint["rng"]["torch"])
-    iter_num = checkpoint["iter_num"]
-    del checkpoint  # free the memory
+    scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    iter_num = saved_iter = ckpt["iter_num"]
+ckpt = None  # free the memory
 model = torch.compile(raw_model) if compile else raw_model
 if ddp:
     model = DDP(model, device_ids=[torch.device(device).index] if device_type == "cuda" else None)
@@ -328,30 +330,56 @@ def evaluate():
     return out
 
 
+def resume_hint():
+    if not saved_iter:
+        return f"no checkpoint was saved (the first comes at iter {eval_interval})"
+    return (f"{ckpt_path} (iter {saved_iter}) is kept: "
+            f"continue with python train.py --init_from resume --out_dir {out_dir}")
+
+
+def diverged(what):
+    die(f"{what} at iter {iter_num}: the run diverged; lower --learning_rate (it is {learning_rate:g}); "
+        f"{resume_hint()}")
+
+
 def save_checkpoint():
-    ckpt = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "model_args": model_args, "iter_num": iter_num, "config": config, "meta": meta,
-            "mask_token_id": mask_token_id, "rng": {"torch": torch.get_rng_state()}}
-    torch.save(ckpt, ckpt_path + ".tmp")
-    os.replace(ckpt_path + ".tmp", ckpt_path)  # atomic: never a half-written ckpt.pt
+    global saved_iter
+    state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+             "model_args": model_args, "iter_num": iter_num, "config": config, "meta": meta,
+             "mask_token_id": mask_token_id, "rng": {"torch": torch.get_rng_state()}}
+    try:
+        checkpoint.save(state, ckpt_path)  # atomic, and never non-finite weights
+    except ValueError:
+        diverged("the weights are not finite")
+    except OSError as e:
+        die(f"{e}; {resume_hint()}")
+    saved_iter = iter_num
 
 
 def log_metrics(row):
-    with open(metrics_path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    try:
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as e:
+        die(f"cannot write {metrics_path} ({e.strerror}); {resume_hint()}")
 
 
 # -----------------------------------------------------------------------------
 # training loop
 metrics_path = os.path.join(out_dir, "metrics.jsonl")
-if master:
-    os.makedirs(out_dir, exist_ok=True)
-    kept = []
-    if init_from == "resume" and os.path.exists(metrics_path):  # drop rows past the checkpoint
-        with open(metrics_path) as f:
-            kept = [line for line in f if json.loads(line)["iter"] < iter_num]
-    with open(metrics_path, "w") as f:
-        f.writelines(kept)
+signal.signal(signal.SIGINT, lambda *_: die(f"interrupted at iter {iter_num}; {resume_hint()}", 130))  # Ctrl-C
+if master:  # one run per out_dir: lock it, and never replace a finished run unasked (checkpoint.py)
+    try:
+        note = checkpoint.claim(out_dir)
+    except (ValueError, OSError) as e:
+        die(f"--out_dir: {e}")
+    if note:
+        print(note)
+    if init_from != "resume" and os.path.exists(ckpt_path) and not overwrite:
+        die(f"{out_dir} already holds a run ({ckpt_path}); continue it with --init_from resume, "
+            f"use another --out_dir, or replace it with --overwrite true")
+    if checkpoint.truncate_log(metrics_path, iter_num if init_from == "resume" else 0):  # rows past the checkpoint go
+        print(f"{metrics_path}: dropped a half-written line")
     k = num_masked(block_size, mask_ratio)
     what = (f"MEAP, mask_ratio {mask_ratio} ({k} of {block_size} inputs, {mask_mode}"
             f"{', queries spared' if not mask_queries else ''}{', random tokens' if corruption == 'random' else ''})")
@@ -382,6 +410,8 @@ while True:
         accs = " ".join(f"{k[4:]} {v:.3f}" for k, v in final.items() if k in ("acc_mqar", "acc_needle", "acc_qa"))
         print(f"eval {iter_num}: clean val loss {final['val_loss']:.4f}" + (f" | acc {accs}" if accs else ""))
         log_metrics({"iter": iter_num, **final})
+        if not math.isfinite(final["val_loss"]):
+            diverged(f"the clean val loss is {final['val_loss']}")
         if iter_num > 0:
             save_checkpoint()
         t_last, it_last = time.time(), iter_num  # leave the evaluation out of the step timing
@@ -401,9 +431,15 @@ while True:
             _, loss = model(x, y)
             loss = loss / gradient_accumulation_steps
         scaler.scale(loss).backward()
+    norm = torch.zeros(())
     if grad_clip > 0:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+    # a non-finite loss or gradient norm: the run has diverged; stop before the step (fp16's loss
+    # scaler skips steps with infinite gradients by design, so with it only the loss counts)
+    if not math.isfinite((loss if scaler.is_enabled() else loss + norm.to(loss.device)).item()):
+        diverged(f"the loss is {loss.item() * gradient_accumulation_steps:.4g}" +
+                 (f" (gradient norm {norm.item():.4g})" if grad_clip > 0 else ""))
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)

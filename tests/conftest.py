@@ -1,6 +1,7 @@
 """The repository root on sys.path, and a tiny checkpoint shared by the tests that only read it."""
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -16,3 +17,43 @@ def tiny_ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
     run_script("train.py", *TINY, "--max_iters", "4", "--eval_interval", "2", "--out_dir", str(out))
     return out
+
+
+@pytest.fixture
+def read_only():
+    """make(folder) turns folder read-only until the test ends: a read-only bind mount as root (whom
+    permissions do not stop), chmod otherwise. Skips where neither makes it read-only."""
+    undo = []
+
+    def make(folder):
+        folder = str(folder)
+        if os.geteuid() == 0:
+            quiet = dict(capture_output=True)
+            if subprocess.run(["mount", "--bind", folder, folder], **quiet).returncode == 0:
+                undo.append(lambda: subprocess.run(["umount", folder], **quiet))
+                subprocess.run(["mount", "-o", "remount,bind,ro", folder], **quiet)
+        else:
+            os.chmod(folder, 0o555)
+            undo.append(lambda: os.chmod(folder, 0o755))
+        try:
+            open(os.path.join(folder, ".probe"), "w").close()
+            os.remove(os.path.join(folder, ".probe"))
+        except OSError:
+            return folder
+        pytest.skip("cannot make a folder read-only here")
+
+    yield make
+    for f in reversed(undo):
+        f()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on a 256 KB file system (a tmpfs, as root), for what a full disk does; skips elsewhere."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small file system here")
+    yield folder
+    subprocess.run(["umount", str(folder)], capture_output=True)

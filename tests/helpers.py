@@ -1,12 +1,18 @@
 """Shared by the tests: running the scripts as a user would, on a model small enough to train in
 seconds, and a brute-force oracle for the synthetic tasks."""
 
+import contextlib
+import hashlib
+import io
 import os
+import runpy
+import signal
 import subprocess
 import sys
 
 import torch
 
+import checkpoint
 import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,6 +31,39 @@ def run_script(*args, check=True, timeout=300):
     if check and p.returncode != 0:
         raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p
+
+
+def run_inprocess(script, *args):
+    """Run `python <script> <args>` inside this process: the same code path, without the 2-3 s of
+    a fresh Python and torch, for the checks that stop before training. Returns (exit code,
+    stdout, stderr); an uncaught exception (a traceback) propagates and fails the test."""
+    argv, cwd, handler = sys.argv, os.getcwd(), signal.getsignal(signal.SIGINT)
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    try:
+        os.chdir(ROOT)
+        sys.argv = [script, *args]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+            except SystemExit as e:  # as Python does at exit: a message goes to stderr with code 1
+                code = e.code if isinstance(e.code, int) or e.code is None else print(e.code, file=sys.stderr) or 1
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+        signal.signal(signal.SIGINT, handler)  # train.py installs its own Ctrl-C handler
+        checkpoint.release()  # what atexit would do for a claimed out_dir
+    return code or 0, out.getvalue(), err.getvalue()
+
+
+def checksums(*paths):
+    """{file: md5} of every file under paths (files or folders): "left unchanged" is equality."""
+    sums = {}
+    for path in map(str, paths):
+        files = [path] if os.path.isfile(path) else [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+        for f in files:
+            with open(f, "rb") as fh:
+                sums[f] = hashlib.md5(fh.read()).hexdigest()
+    return sums
 
 
 def oracle_answers(x, query):

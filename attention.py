@@ -31,6 +31,7 @@ import sys
 import numpy as np
 import torch
 
+import checkpoint
 import compare
 import tasks
 from mask import meap_inputs
@@ -307,7 +308,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="The attention table over the runs of a compare.py grid.")
     ap.add_argument("--grid", default="results/cpu", help="a compare.py --out folder (its runs/ hold the checkpoints)")
     ap.add_argument("--examples", type=int, default=200, help="held-out prompts per measurement")
-    ap.add_argument("--mask_ratio", type=float, default=0.15, help="ratio of the masked copy for the paired metrics")
+    ap.add_argument("--mask_ratio", type=float, default=0.15,
+                    help="ratio of the masked copy for the paired metrics; at most 0.5 (masked and unmasked keys)")
     ap.add_argument("--report", default=None, metavar="DIR", help="only rewrite DIR/attention.md from DIR/attention.json")
     ap.error = lambda msg: sys.exit(f"error: {msg} (python attention.py --help lists the options)")
     args = ap.parse_args(argv)
@@ -316,8 +318,8 @@ def main(argv=None):
             raise SystemExit(f"error: {args.report} has no attention.json; run python attention.py --grid {args.report}")
         print(report(args.report))
         return
-    if args.examples < 1 or not 0 < args.mask_ratio < 1:
-        raise SystemExit(f"error: --examples must be at least 1 and --mask_ratio in (0, 1) "
+    if args.examples < 1 or not 0 < args.mask_ratio <= 0.5:  # the paired metrics need masked and unmasked keys
+        raise SystemExit(f"error: --examples must be at least 1 and --mask_ratio in (0, 0.5] "
                          f"(got {args.examples} and {args.mask_ratio})")
     runs = os.path.join(args.grid, "runs")
     found = {}
@@ -327,12 +329,19 @@ def main(argv=None):
             found[(float(m.group(1)), int(m.group(2)))] = os.path.join(runs, name)
     if not found:
         raise SystemExit(f"error: no checkpoints in {runs}; train a grid first: python compare.py --out {args.grid}")
+    try:
+        checkpoint.check_writable(args.grid)  # attention.json goes there: check before the work
+    except OSError as e:
+        raise SystemExit(f"error: --grid: {e}")
     seeds = sorted({s for _, s in found})
     results, configs = {}, {}
     for (r, s), path in sorted(found.items()):
-        model, cfg, it = compare.load_model(path)
-        configs[s] = (model.config, cfg)
-        results[(r, s)] = probe(model, cfg, args.examples, mask_ratio=args.mask_ratio)
+        try:
+            model, cfg, it = compare.load_model(path)
+            configs[s] = (model.config, cfg)
+            results[(r, s)] = probe(model, cfg, args.examples, mask_ratio=args.mask_ratio)
+        except ValueError as e:  # an unreadable checkpoint, or a --mask_ratio its block cannot take
+            raise SystemExit(f"error: {path}: {e}")
         print(f"mask_ratio {r:.2f} seed {s} (step {it}): " + ", ".join(
             f"{k} {results[(r, s)][k]:.3f}" for k, _, _ in COLUMNS), flush=True)
     # the step-0 control: each seed's weights before training (train.py seeds the init with --seed)

@@ -47,8 +47,15 @@ CONFIGS = {
 unknown = [c for c in configs.split(",") if c not in CONFIGS]
 if unknown:
     sys.exit(f"error: unknown config {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
-if device == "auto":
-    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+if steps < 1 or warmup < 0 or not seconds > 0 or not 0 <= mask_ratio < 1:
+    sys.exit(f"error: need --steps >= 1, --warmup >= 0, --seconds > 0 and --mask_ratio in [0, 1) "
+             f"(got {steps}, {warmup}, {seconds}, {mask_ratio})")
+if dtype not in ("auto", "float32", "bfloat16", "float16"):
+    sys.exit(f"error: --dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+try:
+    device = configurator.pick_device(device)
+except configurator.ConfigError as e:
+    sys.exit(f"error: {e}")
 device_type = torch.device(device).type
 if dtype == "auto":
     dtype = "bfloat16" if device_type == "cuda" else "float32"

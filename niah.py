@@ -24,6 +24,8 @@ import sys
 import numpy as np
 import torch
 
+import checkpoint
+import configurator
 from compare import save_png, write_json
 from model import GPT, GPTConfig
 from tokenizer import for_meta
@@ -120,17 +122,20 @@ def main(argv=None):
     if not os.path.exists(path):
         raise SystemExit(f"error: no checkpoint at {path}; train one first (python train.py config/shakespeare_cpu.py)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        meta, cfg = ckpt["meta"], ckpt["config"]
-    except Exception as e:
-        raise SystemExit(f"error: cannot read {path} as a train.py checkpoint ({type(e).__name__})")
+        ckpt = checkpoint.load(path)
+        checkpoint.check_writable(args.out_dir)  # niah.json goes there: check before the evaluation
+        device = configurator.pick_device(args.device)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: {e}")
+    meta, cfg = ckpt["meta"], ckpt["config"]
     if meta.get("kind") == "synthetic":
         raise SystemExit(f"error: {path} was trained on the synthetic tasks, which have their own needle "
                          f"(python compare.py); niah.py needs a checkpoint trained on a text --dataset")
-    val = os.path.join("data", cfg["dataset"], "val.bin")  # as train.py reads it (an absolute path works too)
+    data_dir = os.path.join("data", cfg["dataset"])  # as train.py reads it (an absolute path works too)
+    val = os.path.join(data_dir, "val.bin")
     if not os.path.exists(val):
         raise SystemExit(f"error: {val} not found: the haystack is the checkpoint's held-out text; "
-                         f"prepare it with python data/{cfg['dataset']}/prepare.py")
+                         f"prepare it with python {os.path.join(data_dir, 'prepare.py')}")
     T = ckpt["model_args"]["block_size"]
     try:
         tok = for_meta(meta)
@@ -147,13 +152,6 @@ def main(argv=None):
     if max(lengths) + NEW_TOKENS > T or not all(0 <= d <= 1 for d in depths) or args.trials < 1:
         raise SystemExit(f"error: need lengths of at most block_size - {NEW_TOKENS} = {T - NEW_TOKENS}, depths in "
                          f"[0, 1] and --trials >= 1 (got {lengths}, {depths}, {args.trials})")
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if device not in ("cpu", "mps") and not device.startswith("cuda") or \
-            device.startswith("cuda") and not torch.cuda.is_available() or \
-            device == "mps" and not torch.backends.mps.is_available():
-        raise SystemExit(f"error: --device {device} is not available here; use --device cpu (or auto)")
 
     model = GPT(GPTConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])

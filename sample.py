@@ -16,9 +16,11 @@ import sys
 import numpy as np
 import torch
 
+import checkpoint
 import configurator
 import tasks
 import tokenizer
+from configurator import die
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -33,26 +35,23 @@ device = "auto"  # 'auto' (cuda, then mps, then cpu), or cpu, cuda, cuda:1, mps
 # -----------------------------------------------------------------------------
 configurator.apply(sys.argv[1:], globals())
 
-
-def die(msg):
-    sys.exit(f"error: {msg}")
-
-
-if device == "auto":
-    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-if device.startswith("cuda") and not torch.cuda.is_available():
-    die("--device cuda, but CUDA is not available here; use --device cpu")
+if num_samples < 1 or max_new_tokens < 1:
+    die(f"--num_samples and --max_new_tokens must be at least 1 (got {num_samples} and {max_new_tokens})")
+try:
+    device = configurator.pick_device(device)
+except configurator.ConfigError as e:
+    die(e)
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 if not os.path.exists(ckpt_path):
     die(f"no checkpoint at {ckpt_path}; train one first (python train.py), or point --out_dir at one")
 try:
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    model = GPT(GPTConfig(**checkpoint["model_args"]))
-    model.load_state_dict(checkpoint["model"])
-except Exception as e:  # not a train.py checkpoint, or one of another model
+    ckpt = checkpoint.load(ckpt_path)
+    model = GPT(GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])
+except (ValueError, RuntimeError, TypeError) as e:  # unreadable, or a checkpoint of another model.py
     die(f"{ckpt_path} is not a checkpoint this model.py can load ({str(e).splitlines()[0]})")
 model.eval().to(device)
-meta, mask_token_id, cfg = checkpoint["meta"], checkpoint["mask_token_id"], checkpoint["config"]
+meta, mask_token_id, cfg = ckpt["meta"], ckpt["mask_token_id"], ckpt["config"]
 torch.manual_seed(seed)
 
 # the tokenizer the checkpoint was trained with
@@ -68,16 +67,22 @@ else:  # a text dataset: GPT-2 BPE, bytes, or nanoGPT's characters (tokenizer.py
 
 def generate(prompt_ids):
     x = torch.tensor(prompt_ids, dtype=torch.long, device=device)[None, :]  # (1, T)
-    y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k or None,
-                       vocab_limit=mask_token_id)  # ids from [MASK] up are never drawn
+    try:
+        y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k or None,
+                           vocab_limit=mask_token_id)  # ids from [MASK] up are never drawn
+    except ValueError as e:  # a bad --temperature or --top_k (model.generate checks them)
+        die(e)
     return y[0, len(prompt_ids):].tolist()
 
 
 if start or meta["kind"] != "synthetic":
     text = start or "\n"
     if text.startswith("FILE:"):
-        with open(text[5:], encoding="utf-8") as f:
-            text = f.read()
+        try:
+            with open(text[5:], encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            die(f"--start {text}: cannot read it as UTF-8 text ({getattr(e, 'strerror', None) or e.reason})")
     try:
         prompt = encode(text)
     except ValueError as e:

@@ -127,7 +127,8 @@ def test_plot_helpers_draw():
 
 def test_cli_reports_a_grid_and_errors_in_one_line(tmp_path):
     for args, msg in [(["--grid", str(tmp_path)], "no checkpoints in"),
-                      (["--mask_ratio", "1.5"], "--examples must be at least 1 and --mask_ratio in (0, 1)"),
+                      (["--mask_ratio", "1.5"], "--examples must be at least 1 and --mask_ratio in (0, 0.5]"),
+                      (["--mask_ratio", "0.99"], "--examples must be at least 1 and --mask_ratio in (0, 0.5]"),
                       (["--examples", "0"], "--examples must be at least 1"),
                       (["--seeds", "1"], "unrecognized arguments: --seeds 1")]:
         p = run_script("attention.py", *args, check=False)

@@ -159,9 +159,9 @@ def test_train_on_text_then_ask_the_needle(tmp_path, tiny_ckpt):
     for args, msg in [(["--out_dir", str(tmp_path / "none")], "no checkpoint at"),
                       (["--out_dir", str(tiny_ckpt)], "was trained on the synthetic tasks"),
                       (["--out_dir", str(out), "--lengths", "200"], "need lengths of at most block_size - 8 = 152"),
-                      (["--out_dir", str(out), "--device", "tpu"], "--device tpu is not available here")] + \
+                      (["--out_dir", str(out), "--device", "tpu"], "--device 'tpu' is not a device")] + \
             ([] if torch.cuda.is_available() else [(["--out_dir", str(out), "--device", "cuda"],
-                                                    "--device cuda is not available here; use --device cpu")]):
+                                                    "--device cuda, but CUDA is not available here; use --device cpu")]):
         p = run_script("niah.py", *args, check=False)
         lines = p.stderr.strip().splitlines()
         assert p.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], p.stderr

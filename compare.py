@@ -30,9 +30,11 @@ What each checkpoint is asked (all on clean inputs, from a seed no training stre
 """
 
 import argparse
+import glob
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -41,6 +43,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import numpy as np
 import torch
 
+import checkpoint
+import configurator
 import tasks
 from model import GPT, GPTConfig
 
@@ -107,8 +111,9 @@ def steps_to(metrics, target=0.9, key="acc"):
 # the evaluation suite of one checkpoint
 
 def load_model(run_dir, device="cpu"):
-    """The model of run_dir/ckpt.pt in eval mode, its train.py settings and its step."""
-    ckpt = torch.load(os.path.join(run_dir, "ckpt.pt"), map_location="cpu", weights_only=False)
+    """The model of run_dir/ckpt.pt in eval mode, its train.py settings and its step; ValueError
+    (one line) if the file cannot be read."""
+    ckpt = checkpoint.load(os.path.join(run_dir, "ckpt.pt"))
     model = GPT(GPTConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     return model.eval().to(device), ckpt["config"], ckpt["iter_num"]
@@ -190,6 +195,18 @@ def train_cmd(run_dir, ratio, seed, settings):
     return cmd
 
 
+_children = set()  # the train.py processes running now (stop_children stops them)
+
+
+def stop_children():
+    """Ctrl-C every train.py this process started, and wait for them: each stops at once, keeping
+    its last checkpoint, which a rerun resumes from (bit-exact)."""
+    for p in list(_children):
+        p.send_signal(signal.SIGINT)
+    for p in list(_children):
+        p.wait()
+
+
 def train(run_dir, ratio, seed, settings, threads):
     """Train one run with train.py (train_cmd) into run_dir, logging to run_dir/train.log: from
     scratch, from its checkpoint, or not at all when that checkpoint has reached max_iters.
@@ -199,11 +216,22 @@ def train(run_dir, ratio, seed, settings, threads):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)  # two 1-thread runs on 2 cores beat one 2-thread run
-    _, _, done_iters = load_model(run_dir) if os.path.exists(os.path.join(run_dir, "ckpt.pt")) else (0, 0, -1)
+    try:
+        _, _, done_iters = load_model(run_dir) if os.path.exists(os.path.join(run_dir, "ckpt.pt")) else (0, 0, -1)
+    except ValueError as e:
+        raise RuntimeError(f"{e}; delete {run_dir} to train that run again") from None
     if done_iters < int(settings["max_iters"]):
         with open(os.path.join(run_dir, "train.log"), "a") as log:
-            p = subprocess.run(train_cmd(run_dir, ratio, seed, settings), stdout=log, stderr=subprocess.STDOUT,
-                               env=env, cwd=os.path.dirname(os.path.abspath(__file__)))
+            p = subprocess.Popen(train_cmd(run_dir, ratio, seed, settings), stdout=log, stderr=subprocess.STDOUT,
+                                 env=env, cwd=os.path.dirname(os.path.abspath(__file__)))
+            _children.add(p)
+            try:
+                p.wait()
+            except KeyboardInterrupt:  # (in the main thread: compare_sft's base run)
+                stop_children()
+                raise
+            finally:
+                _children.discard(p)
         if p.returncode != 0:
             raise RuntimeError(f"train.py failed for {run_dir}; see {run_dir}/train.log")
 
@@ -211,14 +239,16 @@ def train(run_dir, ratio, seed, settings, threads):
 def in_parallel(fn, todo, jobs, describe, eta_label="eta"):
     """fn(job) for every job of todo, `jobs` at a time, with a progress line after each:
     describe(job, result), its minutes and the ETA. A RuntimeError (a failed run) starts no more
-    jobs and exits with its one line. Returns [(job, result)] in the order they finished."""
+    jobs and exits with its one line; Ctrl-C stops the running ones and raises KeyboardInterrupt at
+    once (see interrupted). Returns [(job, result)] in the order they finished."""
     t0, done = time.time(), []
 
     def timed(job):
         t = time.time()
         return job, fn(job), time.time() - t
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
         for n, future in enumerate(as_completed([pool.submit(timed, job) for job in todo]), 1):
             try:
                 job, res, dt = future.result()
@@ -229,7 +259,23 @@ def in_parallel(fn, todo, jobs, describe, eta_label="eta"):
             eta = (time.time() - t0) / n * (len(todo) - n)
             print(f"[{n}/{len(todo)}] {describe(job, res)} | {dt / 60:.1f} min | {eta_label} {eta / 60:.1f} min",
                   flush=True)
+    except KeyboardInterrupt:
+        stop_children()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return done
+
+
+def interrupted(out):
+    """After Ctrl-C: stop the train.py runs, say how to continue, and exit (130) without waiting
+    for an evaluation still running in a worker thread (its result is simply redone next time)."""
+    stop_children()
+    print(f"interrupted: the finished runs are kept in {out}; run the same command again to continue "
+          f"(a half-trained run resumes from its last checkpoint)", file=sys.stderr, flush=True)
+    checkpoint.release()
+    sys.stdout.flush()
+    os._exit(130)
 
 
 def do_run(run_dir, ratio, seed, settings, threads, examples):
@@ -497,15 +543,20 @@ def plots(results, ratios, seeds, cfg, path):
 
 def parse_list(text, kind):
     try:
-        return tuple(kind(v) for v in text.split(","))
+        values = tuple(kind(v) for v in text.split(","))
+        if kind is float and not all(math.isfinite(v) for v in values):
+            raise ValueError
+        return values
     except ValueError:
         raise SystemExit(f"error: cannot read {text!r} as a comma-separated list of {kind.__name__}s")
 
 
 def apply_set(settings, pairs, fixed, hint):
-    """settings updated by --set KEY=VALUE pairs; a one-line exit for a malformed pair or for a
-    key in fixed (chosen per run by the comparison; hint names the options that choose it)."""
+    """settings updated by --set KEY=VALUE pairs; a one-line exit for a malformed pair, a key in
+    fixed (chosen per run by the comparison; hint names the options that choose it), or a key or
+    value train.py would refuse as a flag (checked here, before anything is written)."""
     settings = dict(settings)
+    defaults = configurator.read_settings(os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"))
     for kv in pairs:
         if "=" not in kv:
             raise SystemExit(f"error: --set takes KEY=VALUE, got {kv!r}")
@@ -513,7 +564,29 @@ def apply_set(settings, pairs, fixed, hint):
         if k in fixed:
             raise SystemExit(f"error: --set {k} is chosen by the comparison; use {hint}")
         settings[k] = v
+    for k, v in settings.items():
+        try:
+            configurator.parse([f"--{k}={v}"], defaults)
+        except configurator.ConfigError as e:
+            raise SystemExit(f"error: --set: {e}")
     return settings
+
+
+def claim_out(out, grid):
+    """Lock the results folder `out` for this process, and write grid (its configuration) to
+    out/grid.json. A folder holds one configuration: another one is refused once a run in it has
+    a checkpoint (before that, a corrected command may replace it). One-line exit on failure."""
+    try:
+        note = checkpoint.claim(out)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: --out: {e}")
+    if note:
+        print(note)
+    cfg_path = os.path.join(out, "grid.json")
+    trained = glob.glob(os.path.join(out, "**", "ckpt.pt"), recursive=True)
+    if os.path.exists(cfg_path) and read_json(cfg_path) != grid and trained:
+        raise SystemExit(f"error: {out} holds runs trained with other settings ({cfg_path}); use a new --out")
+    write_json(cfg_path, grid)
 
 
 def main(argv=None):
@@ -544,8 +617,8 @@ def main(argv=None):
         raise SystemExit(f"error: unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[args.preset]
     settings = apply_set(p["train"], args.set, ("mask_ratio", "seed", "out_dir", "init_from"), "--ratios/--seeds/--out")
-    ratios = parse_list(args.ratios, float) if args.ratios else p["ratios"]
-    seeds = parse_list(args.seeds, int) if args.seeds else p["seeds"]
+    ratios = parse_list(args.ratios, float) if args.ratios is not None else p["ratios"]
+    seeds = parse_list(args.seeds, int) if args.seeds is not None else p["seeds"]
     out = args.out or os.path.join("results", args.preset)
     jobs = p["jobs"] if args.jobs is None else args.jobs
     examples = p["examples"] if args.examples is None else args.examples
@@ -553,19 +626,18 @@ def main(argv=None):
         raise SystemExit(f"error: --jobs and --examples must be at least 1 (got {jobs} and {examples})")
     if args.against and not os.path.exists(os.path.join(args.against, "runs.json")):
         raise SystemExit(f"error: --against {args.against}: no runs.json there; give a folder compare.py wrote")
-    os.makedirs(out, exist_ok=True)
-    # a grid folder holds one configuration: refuse to mix runs trained with other settings
-    cfg_path = os.path.join(out, "grid.json")
-    grid = {"settings": {k: str(v) for k, v in settings.items()}, "examples": examples}
-    if os.path.exists(cfg_path) and read_json(cfg_path) != grid:
-        raise SystemExit(f"error: {out} holds a grid with other settings ({cfg_path}); use a new --out")
-    write_json(cfg_path, grid)
+    if not all(0 <= r < 1 for r in ratios) or min(seeds) < 0:
+        raise SystemExit(f"error: need --ratios in [0, 1) and --seeds >= 0 (got {ratios} and {seeds})")
+    claim_out(out, {"settings": {k: str(v) for k, v in settings.items()}, "examples": examples})
 
     n = len(ratios) * len(seeds)
     print(f"compare: {n} runs ({len(ratios)} mask ratios x {len(seeds)} seeds), {jobs} at a time, in {out}")
     t0 = time.time()
     ntp_from = args.against if args.against and ntp_twin(out, args.against) else None
-    results = run_grid(out, ratios, seeds, settings, jobs, p["threads"], examples, ntp_from)
+    try:
+        results = run_grid(out, ratios, seeds, settings, jobs, p["threads"], examples, ntp_from)
+    except KeyboardInterrupt:
+        interrupted(out)
     cmd = " ".join(["python compare.py"] + (argv if argv is not None else sys.argv[1:]))
     record_runs(out, results, cmd, against=os.path.relpath(args.against, out) if args.against else None)
     print(report(out))

@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 import tasks
-from compare import (MEAP_DEFAULTS, apply_set, diff_cells, in_parallel, load_model, load_runs, mean_sd, paired_ci, parse_list, read_json,
-                     record_runs, save_png, steps_to, summary, train, write_json, write_text)
+from compare import (MEAP_DEFAULTS, apply_set, claim_out, diff_cells, in_parallel, interrupted, load_model, load_runs,
+                     mean_sd, paired_ci, parse_list, read_json, record_runs, save_png, steps_to, summary, train,
+                     write_json, write_text)
 
 ARMS = {  # name: (train.py --sft, --mask_ratio; None = the preset's ratio)
     "ntp": ("ntp", 0.0),
@@ -232,11 +233,11 @@ def main(argv=None):
         raise SystemExit(f"error: unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[args.preset]
     settings = apply_set(p["sft"], args.set, FIXED, "--arms/--mask_ratio/--seeds/--out")
-    arms = parse_list(args.arms, str) if args.arms else p["arms"]
+    arms = parse_list(args.arms, str) if args.arms is not None else p["arms"]
     unknown = [a for a in arms if a not in ARMS]
     if unknown or "ntp" not in arms:
         raise SystemExit(f"error: --arms takes names from {', '.join(ARMS)}, ntp included (got {args.arms!r})")
-    seeds = parse_list(args.seeds, int) if args.seeds else p["seeds"]
+    seeds = parse_list(args.seeds, int) if args.seeds is not None else p["seeds"]
     ratio = p["mask_ratio"] if args.mask_ratio is None else args.mask_ratio
     if not 0 < ratio < 1:
         raise SystemExit(f"error: --mask_ratio must be in (0, 1) for MEAP-SFT, got {ratio}")
@@ -244,20 +245,20 @@ def main(argv=None):
     examples = p["examples"] if args.examples is None else args.examples
     if jobs < 1 or examples < 1:
         raise SystemExit(f"error: --jobs and --examples must be at least 1 (got {jobs} and {examples})")
+    if min(seeds) < 0:
+        raise SystemExit(f"error: --seeds must be >= 0, got {args.seeds}")
     out = args.out or os.path.join("results", f"sft-{args.preset}")
-    os.makedirs(out, exist_ok=True)
-    cfg_path = os.path.join(out, "grid.json")  # one configuration per folder
-    grid = {"base": {k: str(v) for k, v in p["base"].items()}, "sft": {k: str(v) for k, v in settings.items()},
-            "mask_ratio": ratio, "examples": examples}
-    if os.path.exists(cfg_path) and read_json(cfg_path) != grid:
-        raise SystemExit(f"error: {out} holds runs with other settings ({cfg_path}); use a new --out")
-    write_json(cfg_path, grid)
+    claim_out(out, {"base": {k: str(v) for k, v in p["base"].items()}, "sft": {k: str(v) for k, v in settings.items()},
+                    "mask_ratio": ratio, "examples": examples})
 
     print(f"compare_sft: a base, then {len(arms) * len(seeds)} fine-tuning runs ({', '.join(arms)} x seeds "
           f"{', '.join(map(str, seeds))}), {jobs} at a time, in {out}", flush=True)
     t0 = time.time()
     torch.set_num_threads(2)
-    results = run_all(out, arms, seeds, p, settings, ratio, jobs, examples)
+    try:
+        results = run_all(out, arms, seeds, p, settings, ratio, jobs, examples)
+    except KeyboardInterrupt:
+        interrupted(out)
     cmd = " ".join(["python compare_sft.py"] + (argv if argv is not None else sys.argv[1:]))
     record_runs(out, results, cmd, key="arm")
     md, line = report(out)

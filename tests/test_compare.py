@@ -174,7 +174,7 @@ def test_bad_input_is_one_clear_line(tmp_path):
     # a folder keeps one configuration
     run_script("compare.py", "--preset", "tiny", "--out", out, "--ratios", "0", "--seeds", "1")
     p = run_script("compare.py", "--preset", "tiny", "--out", out, "--set", "n_embd=64", check=False)
-    assert p.returncode != 0 and "holds a grid with other settings" in p.stderr
+    assert p.returncode != 0 and "holds runs trained with other settings" in p.stderr
 
 
 @pytest.mark.parametrize("preset", sorted(compare.PRESETS))

@@ -37,6 +37,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -196,11 +197,14 @@ def train_cmd(run_dir, ratio, seed, settings):
 
 
 _children = set()  # the train.py processes running now (stop_children stops them)
+_stopping = False  # set by stop_children: a train.py that a worker of in_parallel starts after it stops at once
 
 
 def stop_children():
     """Ctrl-C every train.py this process started, and wait for them: each stops at once, keeping
     its last checkpoint, which a rerun resumes from (bit-exact)."""
+    global _stopping
+    _stopping = True
     for p in list(_children):
         p.send_signal(signal.SIGINT)
     for p in list(_children):
@@ -225,6 +229,8 @@ def train(run_dir, ratio, seed, settings, threads):
             p = subprocess.Popen(train_cmd(run_dir, ratio, seed, settings), stdout=log, stderr=subprocess.STDOUT,
                                  env=env, cwd=os.path.dirname(os.path.abspath(__file__)))
             _children.add(p)
+            if _stopping and threading.current_thread() is not threading.main_thread():  # started as Ctrl-C came
+                p.send_signal(signal.SIGINT)
             try:
                 p.wait()
             except KeyboardInterrupt:  # (in the main thread: compare_sft's base run)
@@ -241,7 +247,8 @@ def in_parallel(fn, todo, jobs, describe, eta_label="eta"):
     describe(job, result), its minutes and the ETA. A RuntimeError (a failed run) starts no more
     jobs and exits with its one line; Ctrl-C stops the running ones and raises KeyboardInterrupt at
     once (see interrupted). Returns [(job, result)] in the order they finished."""
-    t0, done = time.time(), []
+    global _stopping
+    t0, done, _stopping = time.time(), [], False
 
     def timed(job):
         t = time.time()

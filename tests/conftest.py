@@ -1,4 +1,5 @@
-"""The repository root on sys.path, and a tiny checkpoint shared by the tests that only read it."""
+"""The repository root on sys.path; the --slow option (without it the slow tests are skipped); a tiny
+checkpoint shared by the tests that only read it; fixtures for faults (a read-only folder, a full disk)."""
 
 import os
 import subprocess
@@ -9,6 +10,23 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from helpers import TINY, run_script  # noqa: E402
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="also run the slow tests (learning runs, grids, notebooks): what CI runs")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: minutes of training; run with --slow (CI does)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--slow"):
+        skip = pytest.mark.skip(reason="slow: python -m pytest --slow runs it")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -125,6 +125,7 @@ def test_plot_helpers_draw():
     assert [t.get_text() for t in ax3.get_xticklabels()] == ["NTP", "MEAP"]
 
 
+@pytest.mark.slow
 def test_cli_reports_a_grid_and_errors_in_one_line(tmp_path):
     for args, msg in [(["--grid", str(tmp_path)], "no checkpoints in"),
                       (["--mask_ratio", "1.5"], "--examples must be at least 1 and --mask_ratio in (0, 0.5]"),

@@ -18,7 +18,7 @@ def test_the_notebooks_are_the_listed_ones():
     assert sorted(f for f in os.listdir(NOTEBOOK_DIR) if f.endswith(".ipynb")) == NOTEBOOKS
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", [NOTEBOOKS[0]] + [pytest.param(n, marks=pytest.mark.slow) for n in NOTEBOOKS[1:]])
 def test_notebook_runs_headless_with_small_settings(name, monkeypatch):
     monkeypatch.setenv("NANOMEAP_SMALL", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")  # no display; plt.show() draws nothing

@@ -122,6 +122,7 @@ def test_sft_layouts_start_from_the_same_base_and_differ_in_the_batch(tiny_ckpt,
     assert rows["ntp"][1]["loss"] != rows["concat"][1]["loss"]
 
 
+@pytest.mark.slow
 def test_sft_resume_reproduces_the_uninterrupted_run(tiny_ckpt, tmp_path):
     """Dynamic masks and the epoch order are pure functions of the step: stopping and resuming
     gives the same losses and weights, bit for bit."""
@@ -142,6 +143,7 @@ def test_sft_resume_reproduces_the_uninterrupted_run(tiny_ckpt, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_fine_tuning_learns_the_qa_far_above_chance(tmp_path):
     """An NTP base that learned MQAR, fine-tuned on 3-document QA with 2-token answers. Untrained,
     no answer is right (0); answering with the fact of a random document would score 1/3. A
@@ -183,6 +185,7 @@ def test_sft_mistakes_are_one_line_errors(tiny_ckpt, tmp_path, args, message):
 
 # --- compare_sft.py ---
 
+@pytest.mark.slow
 def test_compare_sft_tiny_writes_a_table_and_a_plot_then_reuses_the_runs(tmp_path):
     out = tmp_path / "sft"
     p = run_script("compare_sft.py", "--preset", "tiny", "--out", str(out), timeout=600)

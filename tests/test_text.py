@@ -145,6 +145,7 @@ def test_needle_evaluation_scores_a_reader_1_and_a_guesser_0():
     assert "| 0.50 | 0.00 |" in niah.table(res, [120], [0.5])
 
 
+@pytest.mark.slow
 def test_train_on_text_then_ask_the_needle(tmp_path, tiny_ckpt):
     src, data, out = tmp_path / "in.txt", tmp_path / "data", tmp_path / "out"
     src.write_text(TEXT, encoding="utf-8")

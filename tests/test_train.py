@@ -53,7 +53,7 @@ def test_mask_queries_changes_which_inputs_are_masked(tmp_path):
     assert losses["false"] != losses["true"]
 
 
-@pytest.mark.parametrize("mode", ["per_sequence", "shared"])
+@pytest.mark.parametrize("mode", ["per_sequence", pytest.param("shared", marks=pytest.mark.slow)])
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, mode):
     common = [*TINY, "--mask_mode", mode, "--warmup_iters", "2", "--lr_decay_iters", "10", "--eval_interval", "5"]
     run_script("train.py", *common, "--max_iters", "10", "--out_dir", str(tmp_path / "full"))
@@ -79,6 +79,7 @@ def test_resume_refuses_a_checkpoint_that_does_not_match(tiny_ckpt, tmp_path):
     assert len(p.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_small_model_learns_retrieval_far_above_chance(tmp_path):
     """MQAR, 4 pairs in 32 tokens: chance is 1/64, and guessing among the 4 values in context
     gets ~0.25. The default 2-layer model retrieves almost every answer within a few hundred

@@ -143,6 +143,6 @@ for c in configs.split(","):
         with torch.device("meta"):  # shapes only: counts the parameters without allocating them
             n = GPT(model_config(cfg)).num_params()
         print(f"| {c} | {n / 1e6:.2f}M | {cfg['batch_size']}x{cfg['block_size']} | not measured: needs a CUDA GPU "
-              f"(the README has the GPU figures) | - | - | - | - | - | - |")
+              f"(results/README.md has the GPU figures) | - | - | - | - | - | - |")
         continue
     print(bench(c, CONFIGS[c]), flush=True)

@@ -61,6 +61,7 @@ def test_filler_loss_of_the_true_bigram_model_sits_on_the_entropy_floor():
     assert abs(res["filler_excess"]) < 0.02  # ~10k filler transitions: the sample entropy is close
 
 
+@pytest.mark.slow
 def test_grid_runs_resumes_and_reports(tmp_path):
     out = str(tmp_path / "grid")
     p = run_script("compare.py", "--preset", "tiny", "--out", out)
@@ -90,6 +91,7 @@ def test_grid_runs_resumes_and_reports(tmp_path):
     assert open(os.path.join(out, "results.md")).read() == md
 
 
+@pytest.mark.slow
 def test_against_pairs_two_grids_and_copies_identical_ntp_runs(tmp_path):
     """--against DIR adds this grid minus DIR's at each ratio, paired by seed. A grid that differs
     only in how MEAP masks takes DIR's NTP runs instead of training them again (they are the same
@@ -140,6 +142,7 @@ def test_every_committed_result_is_a_function_of_its_per_run_data(tmp_path):
     assert checked >= 8
 
 
+@pytest.mark.slow
 def test_a_run_interrupted_half_way_resumes_exactly(tmp_path):
     out = str(tmp_path / "grid")
     run_script("compare.py", "--preset", "tiny", "--out", out, "--ratios", "0.15", "--seeds", "1")
@@ -156,6 +159,7 @@ def test_a_run_interrupted_half_way_resumes_exactly(tmp_path):
     assert json.load(open(os.path.join(run, "suite.json"))) == before
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_clear_line(tmp_path):
     out = str(tmp_path / "g")
     for args, msg in [(["--preset", "huge"], "unknown preset 'huge'; choose one of cpu, gpu, tiny"),
@@ -184,6 +188,7 @@ def test_every_preset_makes_valid_evaluation_settings(preset):
     assert res["needle"] == res["mqar_2x"] == res["kv"] == 1.0
 
 
+@pytest.mark.slow
 def test_gpu_preset_trains_at_a_tiny_width_on_cpu(tmp_path):
     # the GPU preset's contexts, pairs and needles, on a model small enough for a CPU test
     tiny = ["n_layer=1", "n_head=2", "n_kv_head=2", "n_embd=32", "batch_size=2", "max_iters=2",
@@ -191,3 +196,14 @@ def test_gpu_preset_trains_at_a_tiny_width_on_cpu(tmp_path):
     p = run_script("compare.py", "--preset", "gpu", "--ratios", "0,0.15", "--seeds", "1", "--examples", "4",
                    "--out", str(tmp_path), "--set", *tiny)
     assert "[2/2]" in p.stdout and os.path.exists(tmp_path / "results.png")
+
+
+def test_the_readme_headline_is_the_committed_table():
+    """The README's results table is results/cpu/results.md's, some columns left out: nothing re-typed."""
+    cols = [0, 1, 5, 6, 7, 8, 9]  # mask_ratio, needle, MQAR 2x pairs, kv 2x pairs, filler, val loss, steps to 90%
+    rows = [line for line in open(os.path.join(ROOT, "results", "cpu", "results.md")) if line.startswith("| ")]
+    diffs = [r for r in rows[6:] if r.startswith(("| 0.05", "| 0.10", "| 0.15", "| 0.20"))][:4]  # MEAP - NTP, the table after the means
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    for row in [rows[0], rows[1]] + diffs:  # the header, NTP's row, and MEAP - NTP at each ratio
+        cells = row.strip().strip("|").split(" | ")
+        assert "| " + " | ".join(cells[i].strip() for i in cols) + " |" in readme, row

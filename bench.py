@@ -29,7 +29,7 @@ from model import GPT, GPTConfig
 # -----------------------------------------------------------------------------
 configs = "default,larger,gpt2"  # comma-separated names from CONFIGS below; gpt2 runs on CUDA only
 device = "auto"  # 'auto' (cuda, then mps, then cpu), or cpu, cuda, mps
-dtype = "auto"  # 'auto' (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16
+dtype = "auto"  # 'auto' (as train.py: bfloat16 on CUDA, float16 on older GPUs, float32 elsewhere), or a name
 compile = False  # torch.compile the model
 steps = 5  # steps per timed block; blocks of NTP and MEAP alternate
 seconds = 20.0  # timed seconds per objective (and at least 3 blocks each)
@@ -57,8 +57,8 @@ try:
 except configurator.ConfigError as e:
     sys.exit(f"error: {e}")
 device_type = torch.device(device).type
-if dtype == "auto":
-    dtype = "bfloat16" if device_type == "cuda" else "float32"
+if dtype == "auto":  # as train.py picks it
+    dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
 ptdtype = getattr(torch, dtype)
 ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
 torch.backends.cuda.matmul.allow_tf32 = True

@@ -297,15 +297,17 @@ class GPT(nn.Module):
 GPU_PEAK_FLOPS = [
     ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
     ("H800", 989e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12),
-    ("L40S", 362e12), ("L4", 121e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12),
+    ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12),
     ("V100", 125e12), ("T4", 65e12),
 ]
+
+
+def peak_flops_of(name):
+    """Peak FLOP/s of a GPU by its name (as torch.cuda.get_device_name gives it), or None."""
+    return next((flops for key, flops in GPU_PEAK_FLOPS if key in name), None)
 
 
 def gpu_peak_flops(device):
     """Peak FLOP/s of the CUDA device, or None (not CUDA, or not in the table above)."""
     device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in GPU_PEAK_FLOPS if key in name), None)
+    return peak_flops_of(torch.cuda.get_device_name(device)) if device.type == "cuda" else None

@@ -224,6 +224,7 @@ row_tokens = block_size
 if finetune:  # input tokens per row: NTP-SFT's example; MEAP-SFT's rows hold two examples' worth per two rows
     row_tokens = qa_tokens - 1 if sft != "concat" else (2 * qa_tokens - 1) / 2
 tokens_per_iter = int(gradient_accumulation_steps * ddp_world_size * batch_size * row_tokens)
+row_len = block_size if not finetune else 2 * qa_tokens - 1 if sft == "concat" else qa_tokens - 1  # (MFU's attention)
 
 # -----------------------------------------------------------------------------
 # data. Every batch is a pure function of (seed, rank, iteration, micro-step) (batches.py): a
@@ -451,7 +452,7 @@ while True:
         t_last, it_last = now, iter_num + 1
         n_lines += 1  # the first window holds the start-up (CUDA init, compilation): the second restarts the average
         dt_avg = dt if n_lines <= 2 else 0.7 * dt_avg + 0.3 * dt
-        mfu = raw_model.estimate_mfu(tokens_per_iter / dt, block_size, device) if ptdtype != torch.float32 else None
+        mfu = raw_model.estimate_mfu(tokens_per_iter / dt, row_len, device) if ptdtype != torch.float32 else None
         eta = (max_iters - iter_num - 1) * dt_avg
         print(f"iter {iter_num}/{max_iters} | loss {train_loss:.4f} | lr {lr:.2e} | {dt * 1000:.1f} ms/iter | "
               f"{tokens_per_iter / dt / 1000:.1f}k tok/s" + (f" | mfu {mfu * 100:.1f}%" if mfu else "") +

@@ -104,7 +104,8 @@ def test_mfu_knows_the_gpu_and_says_nothing_on_cpu(monkeypatch):
     model = tiny()
     assert gpu_peak_flops("cpu") is None and model.estimate_mfu(1e6, 32, "cpu") is None
     names = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H200": 989e12,
-             "NVIDIA A100-SXM4-40GB": 312e12, "NVIDIA L4": 121e12, "Some Future GPU": None}
+             "NVIDIA A100-SXM4-40GB": 312e12, "NVIDIA L4": 121e12, "NVIDIA L40": 181e12, "NVIDIA L40S": 362e12,
+             "Some Future GPU": None}
     for name, peak in names.items():
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, n=name: n)
         assert gpu_peak_flops("cuda:0") == peak

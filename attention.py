@@ -17,7 +17,7 @@ and a control for metric 2: how much of the variance rise is just the masked key
 spread over the rest (drop_masked()).
 
 Every function takes attention weights of shape (n_layer, B, n_head, T, T), as model.py's explicit
-path returns them (GPT.forward(..., return_attn=True)); causal rows see keys 0..i.
+path returns them (GPT.attention); causal rows see keys 0..i.
 
     python attention.py --grid results/cpu     # the attention table over a compare.py grid's runs
     python attention.py --report results/cpu   # rewrite attention.md from attention.json alone
@@ -47,7 +47,7 @@ def attention_maps(model, x):
     (B, T), both float32 on the CPU. Uses the explicit softmax path; the logits equal the fast path's."""
     model.eval()
     device = next(model.parameters()).device
-    logits, _, att = model(x.to(device), return_attn=True)
+    logits, att = model.attention(x.to(device))
     return logits.float().cpu(), att.float().cpu()
 
 

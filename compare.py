@@ -151,8 +151,7 @@ def suite(model, cfg, n_examples=400, seed=(2**31, 7), device="cpu"):
 
     # language modelling on the filler: next-token loss where a filler word follows a filler word
     b = tasks.needle(rng, n_examples, T, N)
-    logits = model(b.x.to(device))
-    logits = (logits[0] if isinstance(logits, tuple) else logits).float().cpu()  # (B, T, V)
+    logits = model(b.x.to(device))[0].float().cpu()  # (B, T, V)
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), b.y, reduction="none")  # (B, T)
     lm = torch.from_numpy(np.isin(b.x.numpy(), tasks.FILLER) & np.isin(b.y.numpy(), tasks.FILLER))
     res["filler_excess"] = nll[lm].mean().item() - tasks.FILLER_ENTROPY

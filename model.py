@@ -209,10 +209,24 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.tok_emb.weight.numel() if non_embedding else n
 
-    def forward(self, idx, targets=None, kv_cache=None, return_attn=False):
-        """idx (B, T) token ids -> logits (B, T, vocab_size) and, given targets (B, T), the mean
-        next-token cross-entropy over targets != -1. return_attn=True takes the explicit path
-        and also returns the attention weights, a tensor (n_layer, B, n_head, T, T)."""
+    def forward(self, idx, targets=None, kv_cache=None):
+        """idx (B, T) token ids -> (logits (B, T, vocab_size), loss): given targets (B, T), the mean
+        next-token cross-entropy over targets != -1; without them, None."""
+        logits, _ = self._run(idx, kv_cache, return_attn=False)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=-1)
+        return logits, loss
+
+    def attention(self, idx, kv_cache=None):
+        """The explicit path, for analysis: (logits, the attention weights (n_layer, B, n_head, T, T)).
+        Its logits equal forward's, which takes the fast fused path."""
+        logits, atts = self._run(idx, kv_cache, return_attn=True)
+        return logits, torch.stack(atts)
+
+    def _run(self, idx, kv_cache, return_attn):
+        """The body of forward and attention: logits, and each layer's attention weights (or None)."""
         B, T = idx.size()
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.block_size:
@@ -225,14 +239,7 @@ class GPT(nn.Module):
             atts.append(att)
         if kv_cache is not None:
             kv_cache.pos += T
-        logits = self.lm_head(self.norm(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=-1)
-        if return_attn:
-            return logits, loss, torch.stack(atts)
-        return logits, loss
+        return self.lm_head(self.norm(x)), atts
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # decay the matrices (linear weights, embeddings); not the norm gains

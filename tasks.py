@@ -243,14 +243,13 @@ def qa_examples(rng, n, seq_len, n_docs, answer_len=4):
 def accuracy(model, make_batch, n_examples, batch_size=250, device="cpu"):
     """Exact-match accuracy of the greedy next token at every query position of
     make_batch(b) (a Batch of b examples), over n_examples examples, on clean inputs.
-    model(x) returns logits (B, T, V), or a tuple starting with them."""
+    model(x) returns (logits (B, T, V), anything), as GPT.forward does."""
     if n_examples < 1:
         raise ValueError(f"accuracy needs at least one example, got n_examples={n_examples}")
     out = []
     for i in range(0, n_examples, batch_size):
         b = make_batch(min(batch_size, n_examples - i))
-        logits = model(b.x.to(device))
-        logits = logits[0] if isinstance(logits, tuple) else logits
+        logits, _ = model(b.x.to(device))
         out.append((logits.argmax(dim=-1).cpu() == b.y)[b.query].float())
     return torch.cat(out).mean().item()
 
@@ -291,8 +290,7 @@ def evaluate_qa(model, seq_len, n_docs, answer_len=4, n_examples=500, seed=0, ba
         hits = []
         for i in range(0, per, batch_size):
             b = qa(rng, min(batch_size, per - i), seq_len, n_docs, k, answer_len)
-            logits = model(b.x.to(device))
-            logits = logits[0] if isinstance(logits, tuple) else logits
+            logits, _ = model(b.x.to(device))
             hits.append((logits.argmax(dim=-1).cpu() == b.y)[b.query].view(len(b.x), answer_len))  # (B, m)
         hit = torch.cat(hits)
         res[f"acc_qa_g{k + 1}"] = hit.all(dim=1).float().mean().item()

@@ -78,8 +78,8 @@ def oracle_answers(x, query):
 
 
 def oracle_model(x):
-    """Logits that put all weight on the oracle's answer wherever x is a query, so evaluate()
-    must score 1.0."""
+    """(logits, None), as GPT.forward returns them, with all weight on the oracle's answer wherever
+    x is a query, so evaluate() must score 1.0."""
     logits = torch.zeros(*x.shape, tasks.VOCAB_SIZE)
     is_query = torch.zeros_like(x, dtype=torch.bool)
     for b in range(x.shape[0]):  # a query key is a key seen before
@@ -90,4 +90,4 @@ def oracle_model(x):
             seen.add(tok)
     ans = oracle_answers(x, is_query)
     logits[is_query, ans[is_query]] = 10.0
-    return logits
+    return logits, None

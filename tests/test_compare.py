@@ -54,7 +54,7 @@ def test_filler_loss_of_the_true_bigram_model_sits_on_the_entropy_floor():
                 for step, p in zip(tasks.STEPS, tasks.STEP_PROBS):
                     nxt = tasks.FILLER[tasks.RING[(ring_pos[tok] + step) % len(tasks.RING)]]
                     logits[b, t, nxt] = math.log(p)
-        return logits
+        return logits, None
 
     cfg = {"block_size": 64, "n_pairs": 2, "n_needles": 2}
     res = compare.suite(bigram_model, cfg, n_examples=200)

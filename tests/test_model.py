@@ -10,16 +10,16 @@ def tiny(n_kv_head=4, block_size=32, seed=0):
                          n_kv_head=n_kv_head, n_embd=32)).eval()
 
 
-@pytest.mark.parametrize("return_attn", [False, True])
-def test_causal_changing_token_t_leaves_earlier_logits_unchanged(return_attn):
+@pytest.mark.parametrize("explicit", [False, True])
+def test_causal_changing_token_t_leaves_earlier_logits_unchanged(explicit):
     model = tiny()
     idx = torch.randint(0, 64, (2, 20))
     t = 11
     changed = idx.clone()
     changed[:, t] = (idx[:, t] + 1) % 64
     with torch.no_grad():
-        a = model(idx, return_attn=return_attn)[0]
-        b = model(changed, return_attn=return_attn)[0]
+        a = (model.attention if explicit else model)(idx)[0]
+        b = (model.attention if explicit else model)(changed)[0]
     assert torch.equal(a[:, :t], b[:, :t])
     assert not torch.allclose(a[:, t:], b[:, t:])  # ...and the change is seen from t on
 
@@ -30,10 +30,9 @@ def test_fast_and_explicit_attention_paths_give_the_same_logits(n_kv_head):
     idx = torch.randint(0, 64, (3, 32))
     targets = torch.randint(0, 64, (3, 32))
     with torch.no_grad():
-        fast, fast_loss = model(idx, targets)
-        slow, slow_loss, att = model(idx, targets, return_attn=True)
+        fast, _ = model(idx, targets)
+        slow, att = model.attention(idx)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(fast_loss, slow_loss)
     assert att.shape == (2, 3, 4, 32, 32)  # (n_layer, B, n_head, T, T)
     torch.testing.assert_close(att.sum(-1), torch.ones(2, 3, 4, 32))
     assert att.triu(1).abs().max() == 0  # no weight on future positions
@@ -51,16 +50,16 @@ def test_loss_is_next_token_cross_entropy_ignoring_minus_one():
     torch.testing.assert_close(loss, expected)
 
 
-@pytest.mark.parametrize("return_attn", [False, True])
-def test_kv_cache_matches_the_full_forward(return_attn):
+@pytest.mark.parametrize("explicit", [False, True])
+def test_kv_cache_matches_the_full_forward(explicit):
     model = tiny(n_kv_head=2)
     idx = torch.randint(0, 64, (2, 24))
     with torch.no_grad():
         full = model(idx)[0]
         cache = KVCache(2, 2, 2, 32, 8, "cpu", torch.float32)
-        parts = [model(idx[:, :10], kv_cache=cache, return_attn=return_attn)[0],   # prefill
-                 model(idx[:, 10:17], kv_cache=cache, return_attn=return_attn)[0]]  # a chunk
-        parts += [model(idx[:, t:t + 1], kv_cache=cache, return_attn=return_attn)[0] for t in range(17, 24)]
+        run = model.attention if explicit else model
+        parts = [run(idx[:, :10], kv_cache=cache)[0], run(idx[:, 10:17], kv_cache=cache)[0]]  # prefill, a chunk
+        parts += [run(idx[:, t:t + 1], kv_cache=cache)[0] for t in range(17, 24)]  # one token at a time
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
     assert cache.pos == 24
 

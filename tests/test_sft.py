@@ -61,7 +61,7 @@ def test_qa_examples_cycle_the_gold_document_and_split_prompt_from_answer():
 
 def test_evaluate_qa_scores_whole_answers_by_gold_position():
     K, m, T = 4, 3, 47
-    res = tasks.evaluate_qa(lambda x: qa_oracle(x, m), T, K, m, n_examples=40)
+    res = tasks.evaluate_qa(lambda x: (qa_oracle(x, m), None), T, K, m, n_examples=40)
     assert res == {**{f"acc_qa_g{k}": 1.0 for k in range(1, K + 1)}, "acc_qa": 1.0, "acc": 1.0, "acc_qa_first": 1.0,
                    "acc_qa_token": 1.0}
 
@@ -71,7 +71,7 @@ def test_evaluate_qa_scores_whole_answers_by_gold_position():
             k = next(i for i, t in enumerate(row) if t in tasks.KEYS)
             for j in range(m):
                 logits[b, T - m + j, row[k + 1 + j]] = 10.0
-        return logits
+        return logits, None
     res = tasks.evaluate_qa(first_document, T, K, m, n_examples=40)
     assert res["acc_qa_g1"] == 1.0 and max(res[f"acc_qa_g{k}"] for k in range(2, K + 1)) < 0.2
     assert res["acc_qa"] == pytest.approx(np.mean([res[f"acc_qa_g{k}"] for k in range(1, K + 1)]))
@@ -79,7 +79,7 @@ def test_evaluate_qa_scores_whole_answers_by_gold_position():
     def all_but_last_token(x):  # finds the document and copies all but the last token: 0 as a whole
         logits = qa_oracle(x, m)
         logits[:, -1] = logits[:, -1].roll(1, dims=-1)
-        return logits
+        return logits, None
     res = tasks.evaluate_qa(all_but_last_token, T, K, m, n_examples=40)
     assert res["acc_qa"] == 0.0 and res["acc_qa_first"] == 1.0 and res["acc_qa_token"] == pytest.approx((m - 1) / m)
     rng = np.random.default_rng(0)

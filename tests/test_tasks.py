@@ -131,7 +131,7 @@ def test_evaluate_scores_an_oracle_1_and_guessing_about_chance():
     def guesser(x):  # a random value token everywhere: chance is 1/64
         logits = torch.zeros(*x.shape, tasks.VOCAB_SIZE)
         pick = torch.from_numpy(tasks.VALUES)[torch.randint(64, x.shape, generator=g)]
-        return logits.scatter_(2, pick[..., None], 1.0)
+        return logits.scatter_(2, pick[..., None], 1.0), None
 
     res = tasks.evaluate(guesser, "mix", 48, n_pairs=4, n_needles=3, n_examples=2000)
     assert 0.005 < res["acc_mqar"] < 0.03 and 0.005 < res["acc_needle"] < 0.035

@@ -34,6 +34,7 @@ import torch
 import checkpoint
 import compare
 import tasks
+from batches import PROBE, VAL_SEED, torch_generator
 from mask import meap_inputs
 from model import GPT
 
@@ -220,7 +221,7 @@ def plot_bars(ax, values, errors=None, title=None, ylabel=None, colors=None):
 # the probe of one checkpoint, and the table over a compare.py grid
 
 @torch.no_grad()
-def probe(model, cfg, n_examples=200, seed=(2**31, 11), mask_ratio=0.15, mask_token_id=None):
+def probe(model, cfg, n_examples=200, seed=(VAL_SEED, PROBE), mask_ratio=0.15, mask_token_id=None):
     """Every attention measurement of one model on held-out prompts of its trained settings, as a
     flat dict of floats. cfg holds train.py's block_size, n_pairs and n_needles.
     - needle_*: the trained needle task; the retrieval head is the (layer, head) with the largest
@@ -261,7 +262,7 @@ def probe(model, cfg, n_examples=200, seed=(2**31, 11), mask_ratio=0.15, mask_to
     res["kv_share_out"] = float(np.mean([res[f"kv_share_p{i}"] for i in range(N, 2 * N)]))
 
     mb = tasks.get_batch("mix", rng, n_examples, T, P, N)
-    g = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    g = torch_generator(rng)
     xm, mask = meap_inputs(mb.x, mask_ratio, mask_token_id, generator=g)
     _, att_n = attention_maps(model, mb.x)
     _, att_m = attention_maps(model, xm)

@@ -24,7 +24,9 @@ import tasks
 from mask import IGNORE, meap_inputs, sft_meap_concat, sft_meap_separate, sft_ntp, shared_seed
 
 VAL_SEED = 2**31
-DATA, MASKS, SFT_SET, SFT_ORDER, SFT_MASKS, EVAL = range(6)  # stream ids
+DATA, MASKS, SFT_SET, SFT_ORDER, SFT_MASKS, EVAL = range(6)  # stream ids of train.py
+SUITE, QA_TEST, PROBE = 7, 9, 11  # with VAL_SEED: compare.py's suite, compare_sft.py's questions, attention.py's probe
+PROMPTS = 2**31  # with --seed: sample.py's held-out prompts
 
 
 def stream(seed, kind, *ids):

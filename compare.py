@@ -47,6 +47,7 @@ import torch
 import checkpoint
 import configurator
 import tasks
+from batches import SUITE, VAL_SEED
 from model import GPT, GPTConfig
 
 # train.py's defaults for how MEAP masks and how the model starts, written into every preset so that
@@ -126,7 +127,7 @@ def lengths_of(T):
 
 
 @torch.no_grad()
-def suite(model, cfg, n_examples=400, seed=(2**31, 7), device="cpu"):
+def suite(model, cfg, n_examples=400, seed=(VAL_SEED, SUITE), device="cpu"):
     """Accuracy of a trained model on every held-out setting (see the module docstring), as a
     flat dict of floats. cfg holds train.py's block_size, n_pairs and n_needles."""
     T, P, N = cfg["block_size"], cfg["n_pairs"], cfg["n_needles"]

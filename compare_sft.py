@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 import tasks
+from batches import QA_TEST, VAL_SEED
 from compare import (MEAP_DEFAULTS, apply_set, claim_out, diff_cells, in_parallel, interrupted, load_model, load_runs,
                      mean_sd, paired_ci, parse_list, read_json, record_runs, save_png, steps_to, summary, train,
                      write_json, write_text)
@@ -74,7 +75,6 @@ PRESETS = {
                           log_interval=1, device="cpu"),
                  mask_ratio=0.25, arms=("ntp", "concat"), seeds=(1, 2), jobs=1, threads=1, examples=12),
 }
-EVAL_SEED = (2**31, 9)  # held-out questions: no training stream is seeded like this
 
 
 def score(run_dir, sft_settings, examples):
@@ -82,7 +82,7 @@ def score(run_dir, sft_settings, examples):
     during fine-tuning that train.py logged (none for the base); written to run_dir/sft.json."""
     model, _, _ = load_model(run_dir)
     res = tasks.evaluate_qa(model, int(sft_settings["qa_tokens"]) - 1, int(sft_settings["n_docs"]),
-                            int(sft_settings["answer_len"]), examples, seed=list(EVAL_SEED))
+                            int(sft_settings["answer_len"]), examples, seed=[VAL_SEED, QA_TEST])
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         evals = [row for row in map(json.loads, f) if "acc_qa" in row]
     res["curve"] = [[row["iter"], row["acc_qa"]] for row in evals]

@@ -13,13 +13,13 @@ one. [MASK] and the vocabulary padding are never sampled.
 import os
 import sys
 
-import numpy as np
 import torch
 
 import checkpoint
 import configurator
 import tasks
 import tokenizer
+from batches import PROMPTS, stream
 from configurator import die
 from model import GPT, GPTConfig
 
@@ -94,7 +94,7 @@ if start or meta["kind"] != "synthetic":
         print("---------------")
 else:
     # held-out prompts of the checkpoint's task, cut right after the first question
-    rng = np.random.default_rng([seed, 2**31])
+    rng = stream(seed, PROMPTS)
     names = ["mqar", "needle"] if cfg["task"] == "mix" else [cfg["task"]]
     for i in range(num_samples):
         name = names[i % len(names)]

@@ -6,8 +6,8 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-import attention
 import tasks
+from experiments import attention
 from helpers import run_script
 from model import GPT, GPTConfig
 
@@ -132,12 +132,12 @@ def test_cli_reports_a_grid_and_errors_in_one_line(tmp_path):
                       (["--mask_ratio", "0.99"], "--examples must be at least 1 and --mask_ratio in (0, 0.5]"),
                       (["--examples", "0"], "--examples must be at least 1"),
                       (["--seeds", "1"], "unrecognized arguments: --seeds 1")]:
-        p = run_script("attention.py", *args, check=False)
+        p = run_script("experiments/attention.py", *args, check=False)
         lines = p.stderr.strip().splitlines()
         assert p.returncode != 0 and len(lines) == 1 and lines[0].startswith(f"error: {msg}"), p.stderr
     out = str(tmp_path / "grid")
-    run_script("compare.py", "--preset", "tiny", "--out", out, "--seeds", "1,2")
-    p = run_script("attention.py", "--grid", out, "--examples", "8")
+    run_script("experiments/compare.py", "--preset", "tiny", "--out", out, "--seeds", "1,2")
+    p = run_script("experiments/attention.py", "--grid", out, "--examples", "8")
     md = open(os.path.join(out, "attention.md")).read()
-    assert md.startswith(f"`python attention.py --grid {out} --examples 8`")
+    assert md.startswith(f"`python experiments/attention.py --grid {out} --examples 8`")
     assert "| 0.00 (NTP) |" in md and "| 0.15 |" in md and "| untrained |" in md and "MEAP - NTP" in md

@@ -7,33 +7,33 @@ import numpy as np
 import pytest
 import torch
 
-import compare
 import tasks
+from experiments import common, compare
 from helpers import ROOT, oracle_model, run_script
 
 
 def test_mean_sd_and_paired_ci_against_hand_computed_values():
-    assert compare.mean_sd([1, 2, 3]) == (2.0, 1.0)
-    assert compare.mean_sd([5]) == (5.0, 0.0)
-    m, sd = compare.mean_sd([1, float("nan"), 3])
+    assert common.mean_sd([1, 2, 3]) == (2.0, 1.0)
+    assert common.mean_sd([5]) == (5.0, 0.0)
+    m, sd = common.mean_sd([1, float("nan"), 3])
     assert (m, sd) == (2.0, pytest.approx(math.sqrt(2)))
     # differences 1, 2, 3: mean 2, sd 1, t(2 df) = 4.303, half-width 4.303 / sqrt(3)
-    d, h = compare.paired_ci([2, 4, 6], [1, 2, 3])
+    d, h = common.paired_ci([2, 4, 6], [1, 2, 3])
     assert d == 2.0 and h == pytest.approx(4.303 / math.sqrt(3))
     # ten pairs: t(9 df) = 2.262
     a, b = np.arange(10.0), np.zeros(10)
-    d, h = compare.paired_ci(a, b)
+    d, h = common.paired_ci(a, b)
     assert d == 4.5 and h == pytest.approx(2.262 * a.std(ddof=1) / math.sqrt(10))
     # identical runs: no difference and no spread; a single pair has no interval
-    assert compare.paired_ci([0.5, 0.7], [0.5, 0.7]) == (0.0, 0.0)
-    d, h = compare.paired_ci([1.0], [0.0])
+    assert common.paired_ci([0.5, 0.7], [0.5, 0.7]) == (0.0, 0.0)
+    d, h = common.paired_ci([1.0], [0.0])
     assert d == 1.0 and math.isnan(h)
 
 
 def test_steps_to_reads_the_first_evaluation_over_the_target():
     rows = [{"iter": 0, "acc": 0.0}, {"iter": 100, "lr": 1.0}, {"iter": 200, "acc": 0.95}, {"iter": 300, "acc": 0.5}]
-    assert compare.steps_to(rows, 0.9) == 200
-    assert math.isnan(compare.steps_to(rows, 0.99))
+    assert common.steps_to(rows, 0.9) == 200
+    assert math.isnan(common.steps_to(rows, 0.99))
 
 
 def test_suite_scores_an_oracle_1_everywhere():
@@ -64,7 +64,7 @@ def test_filler_loss_of_the_true_bigram_model_sits_on_the_entropy_floor():
 @pytest.mark.slow
 def test_grid_runs_resumes_and_reports(tmp_path):
     out = str(tmp_path / "grid")
-    p = run_script("compare.py", "--preset", "tiny", "--out", out)
+    p = run_script("experiments/compare.py", "--preset", "tiny", "--out", out)
     assert "[4/4]" in p.stdout and "grid eta" in p.stdout
     md = open(os.path.join(out, "results.md")).read()
     assert "| 0.00 (NTP) |" in md and "| 0.15 |" in md and "MEAP - NTP" in md
@@ -77,17 +77,17 @@ def test_grid_runs_resumes_and_reports(tmp_path):
            {k: v for k, v in cfg["r0.15_s1"].items() if k not in ("mask_ratio", "out_dir")}
 
     # a finished grid is reused as it is
-    p = run_script("compare.py", "--preset", "tiny", "--out", out)
+    p = run_script("experiments/compare.py", "--preset", "tiny", "--out", out)
     assert "reusing 4 finished run(s)" in p.stdout and "[1/" not in p.stdout
 
     # the per-run data: every run's numbers, and the report is a pure function of them
     data = json.load(open(os.path.join(out, "runs.json")))
-    assert data["commands"] == [f"python compare.py --preset tiny --out {out}"]
+    assert data["commands"] == [f"python experiments/compare.py --preset tiny --out {out}"]
     assert sorted((r["mask_ratio"], r["seed"]) for r in data["runs"]) == [(0.0, 1), (0.0, 2), (0.15, 1), (0.15, 2)]
     assert all({"needle", "mqar_2x", "kv_p3", "val_loss", "steps_to_90", "evals"} <= set(r) for r in data["runs"])
     os.remove(os.path.join(out, "results.md"))
     shutil.rmtree(os.path.join(out, "runs"))  # no checkpoints, no suite.json: runs.json alone
-    p = run_script("compare.py", "--report", out)
+    p = run_script("experiments/compare.py", "--report", out)
     assert open(os.path.join(out, "results.md")).read() == md
 
 
@@ -97,20 +97,20 @@ def test_against_pairs_two_grids_and_copies_identical_ntp_runs(tmp_path):
     only in how MEAP masks takes DIR's NTP runs instead of training them again (they are the same
     model). Extra seeds at some ratios give rows of their own size."""
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    run_script("compare.py", "--preset", "tiny", "--out", a, "--seeds", "1")
-    p = run_script("compare.py", "--preset", "tiny", "--out", b, "--seeds", "1", "--set", "mask_queries=false",
+    run_script("experiments/compare.py", "--preset", "tiny", "--out", a, "--seeds", "1")
+    p = run_script("experiments/compare.py", "--preset", "tiny", "--out", b, "--seeds", "1", "--set", "mask_queries=false",
                    "--against", a)
     assert "copied 1 NTP run(s)" in p.stdout and "[1/1] mask_ratio 0.15" in p.stdout
     md = open(os.path.join(b, "results.md")).read()
     assert "This grid minus [`a`](../a/results.md) (settings that differ here: mask_queries=false)" in md
     assert "| 0.00 (1 seeds) | 0.000 |" in md  # the copied NTP run against itself
     assert json.load(open(os.path.join(b, "runs.json")))["against"] == "../a"
-    run_script("compare.py", "--preset", "tiny", "--out", a, "--seeds", "2", "--ratios", "0.15")
+    run_script("experiments/compare.py", "--preset", "tiny", "--out", a, "--seeds", "2", "--ratios", "0.15")
     md = open(os.path.join(a, "results.md")).read()
     assert "| 0.00 (NTP) (1 seeds) |" in md and "| 0.15 (2 seeds) |" in md
-    assert md.startswith(f"`python compare.py --preset tiny --out {a} --seeds 1`\n`python compare.py")
+    assert md.startswith(f"`python experiments/compare.py --preset tiny --out {a} --seeds 1`\n`python experiments/compare.py")
     # a grid with other model settings trains its own NTP runs
-    p = run_script("compare.py", "--preset", "tiny", "--out", str(tmp_path / "c"), "--seeds", "1", "--ratios", "0",
+    p = run_script("experiments/compare.py", "--preset", "tiny", "--out", str(tmp_path / "c"), "--seeds", "1", "--ratios", "0",
                    "--set", "n_embd=16", "--against", a)
     assert "copied" not in p.stdout and "[1/1] mask_ratio 0.00" in p.stdout
 
@@ -118,8 +118,7 @@ def test_against_pairs_two_grids_and_copies_identical_ntp_runs(tmp_path):
 def test_every_committed_result_is_a_function_of_its_per_run_data(tmp_path):
     """Each results/ folder's results.md (and attention.md) is what its report writes from its
     runs.json (attention.json) alone, byte for byte: nothing in them was edited or left stale."""
-    import attention
-    import compare_sft
+    from experiments import attention, compare_sft
     results = os.path.join(ROOT, "results")
     shutil.copytree(results, tmp_path / "results", ignore=shutil.ignore_patterns("runs", "base", "*.png"))
     checked = 0
@@ -145,15 +144,15 @@ def test_every_committed_result_is_a_function_of_its_per_run_data(tmp_path):
 @pytest.mark.slow
 def test_a_run_interrupted_half_way_resumes_exactly(tmp_path):
     out = str(tmp_path / "grid")
-    run_script("compare.py", "--preset", "tiny", "--out", out, "--ratios", "0.15", "--seeds", "1")
+    run_script("experiments/compare.py", "--preset", "tiny", "--out", out, "--ratios", "0.15", "--seeds", "1")
     # a run interrupted half-way resumes from its checkpoint and ends exactly where it would have
     run = os.path.join(out, "runs", "r0.15_s1")
     before = json.load(open(os.path.join(run, "suite.json")))
     shutil.rmtree(run)
     settings = compare.PRESETS["tiny"]["train"]  # stop at 3 of 6 steps, on the 6-step lr schedule
-    cmd = compare.train_cmd(run, 0.15, 1, dict(settings, max_iters=3, lr_decay_iters=6))
+    cmd = common.train_cmd(run, 0.15, 1, dict(settings, max_iters=3, lr_decay_iters=6))
     run_script(*cmd[1:])
-    p = run_script("compare.py", "--preset", "tiny", "--out", out, "--ratios", "0.15", "--seeds", "1")
+    p = run_script("experiments/compare.py", "--preset", "tiny", "--out", out, "--ratios", "0.15", "--seeds", "1")
     assert "[1/1]" in p.stdout
     assert "resuming from" in open(os.path.join(run, "train.log")).read()
     assert json.load(open(os.path.join(run, "suite.json"))) == before
@@ -168,16 +167,16 @@ def test_bad_input_is_one_clear_line(tmp_path):
                       (["--ratios", "0,x"], "cannot read '0,x' as a comma-separated list of floats"),
                       (["--epochs", "3"], "unrecognized arguments: --epochs 3"),
                       (["--examples", "0"], "--jobs and --examples must be at least 1")]:
-        p = run_script("compare.py", *args, "--out", out, check=False)
+        p = run_script("experiments/compare.py", *args, "--out", out, check=False)
         lines = p.stderr.strip().splitlines()
         assert p.returncode != 0 and len(lines) == 1 and lines[0].startswith(f"error: {msg}"), p.stderr
     # a run that fails stops the grid with one line naming its log
-    p = run_script("compare.py", "--preset", "tiny", "--out", str(tmp_path / "bad"), "--set", "n_head=3", check=False)
+    p = run_script("experiments/compare.py", "--preset", "tiny", "--out", str(tmp_path / "bad"), "--set", "n_head=3", check=False)
     assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith("error: train.py failed for")
     assert "train.log" in p.stderr
     # a folder keeps one configuration
-    run_script("compare.py", "--preset", "tiny", "--out", out, "--ratios", "0", "--seeds", "1")
-    p = run_script("compare.py", "--preset", "tiny", "--out", out, "--set", "n_embd=64", check=False)
+    run_script("experiments/compare.py", "--preset", "tiny", "--out", out, "--ratios", "0", "--seeds", "1")
+    p = run_script("experiments/compare.py", "--preset", "tiny", "--out", out, "--set", "n_embd=64", check=False)
     assert p.returncode != 0 and "holds runs trained with other settings" in p.stderr
 
 
@@ -193,7 +192,7 @@ def test_gpu_preset_trains_at_a_tiny_width_on_cpu(tmp_path):
     # the GPU preset's contexts, pairs and needles, on a model small enough for a CPU test
     tiny = ["n_layer=1", "n_head=2", "n_kv_head=2", "n_embd=32", "batch_size=2", "max_iters=2",
             "eval_interval=2", "eval_iters=1", "eval_examples=4", "device=cpu"]
-    p = run_script("compare.py", "--preset", "gpu", "--ratios", "0,0.15", "--seeds", "1", "--examples", "4",
+    p = run_script("experiments/compare.py", "--preset", "gpu", "--ratios", "0,0.15", "--seeds", "1", "--examples", "4",
                    "--out", str(tmp_path), "--set", *tiny)
     assert "[2/2]" in p.stdout and os.path.exists(tmp_path / "results.png")
 

@@ -118,7 +118,7 @@ def test_sample_py(paths, args, message):
 
 
 def test_niah_py_checks_its_output_folder_and_names_the_prepare_script(paths, tmp_path):
-    import niah
+    from experiments import niah
 
     paths["make_ro"](paths["RO"])
     with pytest.raises(SystemExit) as e:  # before the evaluation, not after it
@@ -145,7 +145,7 @@ def grid(tmp_path, run, truncate=None):
 
 
 def test_attention_py_names_an_unreadable_checkpoint(run, tmp_path):
-    import attention
+    from experiments import attention
 
     g = grid(tmp_path, run, truncate="r0.15_s1")
     before = checksums(g)
@@ -173,7 +173,7 @@ def test_compare_py(paths, args, message):
         paths["make_ro"](paths["RO"])
     before = checksums(paths["TMP"])
     args = resolve(args, paths)
-    code, _, err = run_inprocess("compare.py", "--preset", "tiny", *(["--out", paths["TMP"] + "/g"] * ("--out" not in args)),
+    code, _, err = run_inprocess("experiments/compare.py", "--preset", "tiny", *(["--out", paths["TMP"] + "/g"] * ("--out" not in args)),
                                  *args)
     expect_one_line(code, err, message.format(**paths))
     assert checksums(paths["TMP"]) == before and not os.path.exists(paths["TMP"] + "/g")  # nothing written
@@ -181,14 +181,14 @@ def test_compare_py(paths, args, message):
 
 def test_compare_py_names_an_unreadable_checkpoint_and_how_to_retrain(run, tmp_path):
     g = grid(tmp_path, run, truncate="r0.00_s1")
-    code, _, err = run_inprocess("compare.py", "--preset", "tiny", "--ratios", "0", "--seeds", "1", "--out", str(g))
+    code, _, err = run_inprocess("experiments/compare.py", "--preset", "tiny", "--ratios", "0", "--seeds", "1", "--out", str(g))
     expect_one_line(code, err, f"cannot read {g}/runs/r0.00_s1/ckpt.pt as a train.py checkpoint")
     assert err.strip().endswith(f"delete {g}/runs/r0.00_s1 to train that run again")
 
 
 def test_compare_sft_py_refuses_a_file_as_out(paths):
     before = checksums(paths["TMP"])
-    code, _, err = run_inprocess("compare_sft.py", "--preset", "tiny", "--out", paths["FILE"])
+    code, _, err = run_inprocess("experiments/compare_sft.py", "--preset", "tiny", "--out", paths["FILE"])
     expect_one_line(code, err, f"--out: {paths['FILE']} is a file, not a folder")
     assert checksums(paths["TMP"]) == before
 

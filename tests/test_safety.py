@@ -166,7 +166,7 @@ def test_one_run_per_folder_and_ctrl_c_then_resume_is_exact(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_stops_a_grid_at_once_and_the_rerun_gives_the_uninterrupted_results(tmp_path):
-    args = ["compare.py", "--preset", "tiny", "--ratios", "0,0.15", "--seeds", "1", "--examples", "10",
+    args = ["experiments/compare.py", "--preset", "tiny", "--ratios", "0,0.15", "--seeds", "1", "--examples", "10",
             "--set", "max_iters=300", "eval_interval=100", "log_interval=100"]
     grid = tmp_path / "grid"
     p = start(*args, "--out", str(grid))

@@ -188,10 +188,10 @@ def test_sft_mistakes_are_one_line_errors(tiny_ckpt, tmp_path, args, message):
 @pytest.mark.slow
 def test_compare_sft_tiny_writes_a_table_and_a_plot_then_reuses_the_runs(tmp_path):
     out = tmp_path / "sft"
-    p = run_script("compare_sft.py", "--preset", "tiny", "--out", str(out), timeout=600)
+    p = run_script("experiments/compare_sft.py", "--preset", "tiny", "--out", str(out), timeout=600)
     assert "pre-training the NTP base" in p.stdout and "[4/4]" in p.stdout
     md = (out / "results.md").read_text()
-    assert md.startswith("`python compare_sft.py --preset tiny") and "| NTP-SFT |" in md
+    assert md.startswith("`python experiments/compare_sft.py --preset tiny") and "| NTP-SFT |" in md
     assert "Minus NTP-SFT, paired by seed" in md and "MEAP-SFT, concat (paper)" in md
     assert (out / "results.png").stat().st_size > 10_000
     for run in ("ntp_s1", "concat_s2"):
@@ -201,10 +201,10 @@ def test_compare_sft_tiny_writes_a_table_and_a_plot_then_reuses_the_runs(tmp_pat
     cfg = torch.load(out / "runs" / "concat_s2" / "ckpt.pt", weights_only=False)["config"]
     assert (cfg["sft"], cfg["mask_ratio"], cfg["seed"], cfg["init_from"]) == ("concat", 0.25, 2, str(out / "base"))
     # a second call trains nothing and writes the same table
-    p = run_script("compare_sft.py", "--preset", "tiny", "--out", str(out), timeout=120)
+    p = run_script("experiments/compare_sft.py", "--preset", "tiny", "--out", str(out), timeout=120)
     assert "pre-training" not in p.stdout and "[1/" not in p.stdout and (out / "results.md").read_text() == md
     # other settings in the same folder are refused
-    p = run_script("compare_sft.py", "--preset", "tiny", "--out", str(out), "--set", "max_iters=9", check=False)
+    p = run_script("experiments/compare_sft.py", "--preset", "tiny", "--out", str(out), "--set", "max_iters=9", check=False)
     assert p.returncode != 0 and "holds runs trained with other settings" in p.stderr
 
 
@@ -216,7 +216,7 @@ def test_compare_sft_tiny_writes_a_table_and_a_plot_then_reuses_the_runs(tmp_pat
     (["--preset", "huge"], "unknown preset 'huge'"),
 ])
 def test_compare_sft_mistakes_are_one_line_errors(tmp_path, args, message):
-    p = run_script("compare_sft.py", "--out", str(tmp_path), *args, check=False, timeout=60)
+    p = run_script("experiments/compare_sft.py", "--out", str(tmp_path), *args, check=False, timeout=60)
     assert p.returncode != 0 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 

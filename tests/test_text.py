@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import niah
 import tokenizer
-from helpers import run_script
+from experiments import niah
+from helpers import ROOT, run_script
 
 TEXT = "".join(f"Line {i}: the quick brown fox, naïve café — jumps over {i * 7 % 13} lazy dogs.\n" for i in range(400))
 
@@ -153,7 +153,7 @@ def test_train_on_text_then_ask_the_needle(tmp_path, tiny_ckpt):
     run_script("train.py", "--dataset", str(data), "--n_layer", "1", "--n_head", "2", "--n_kv_head", "2",
                "--n_embd", "32", "--block_size", "160", "--batch_size", "4", "--max_iters", "4",
                "--eval_interval", "2", "--eval_iters", "1", "--device", "cpu", "--out_dir", str(out))
-    p = run_script("niah.py", "--out_dir", str(out), "--trials", "3", "--depths", "0,1")
+    p = run_script("experiments/niah.py", "--out_dir", str(out), "--trials", "3", "--depths", "0,1")
     assert "| depth \\ tokens | 105 | 152 |" in p.stdout and "mean accuracy" in p.stdout
     assert os.path.getsize(out / "niah.png") > 5000
     # one-line errors: no checkpoint, a synthetic checkpoint, a context longer than the model's
@@ -163,7 +163,7 @@ def test_train_on_text_then_ask_the_needle(tmp_path, tiny_ckpt):
                       (["--out_dir", str(out), "--device", "tpu"], "--device 'tpu' is not a device")] + \
             ([] if torch.cuda.is_available() else [(["--out_dir", str(out), "--device", "cuda"],
                                                     "--device cuda, but CUDA is not available here; use --device cpu")]):
-        p = run_script("niah.py", *args, check=False)
+        p = run_script("experiments/niah.py", *args, check=False)
         lines = p.stderr.strip().splitlines()
         assert p.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], p.stderr
 
@@ -173,8 +173,7 @@ def test_fineweb_prepare_streams_in_order_and_names_its_missing_dependency():
     from multiprocessing import Pool
 
     tok = gpt2_or_skip()
-    spec = importlib.util.spec_from_file_location("fineweb_prepare", os.path.join(os.path.dirname(niah.__file__),
-                                                                                 "data", "fineweb", "prepare.py"))
+    spec = importlib.util.spec_from_file_location("fineweb_prepare", os.path.join(ROOT, "data", "fineweb", "prepare.py"))
     fineweb = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fineweb)
     sys.modules["fineweb_prepare"] = fineweb  # so that the pool's workers can find its encode()

@@ -6,8 +6,8 @@ at a chosen depth, the question comes at the end, and the model's greedy answer 
     ... haystack ... The special magic number is 48213. ... haystack ...
     What is the special magic number? The special magic number is  -> " 48213"
 
-    python niah.py --out_dir out-shakespeare                   # the default grid for that checkpoint
-    python niah.py --out_dir out-shakespeare --lengths 64,120 --depths 0,0.5,1 --trials 50
+    python experiments/niah.py --out_dir out-shakespeare                   # the default grid for that checkpoint
+    python experiments/niah.py --out_dir out-shakespeare --lengths 64,120 --depths 0,0.5,1 --trials 50
 
 The haystack is the dataset's val.bin (text the model never trained on), from a random offset per
 trial. Depth d puts the needle after round(d * H) of the H haystack tokens (0 = the start, 1 =
@@ -24,11 +24,13 @@ import sys
 import numpy as np
 import torch
 
-import checkpoint
-import configurator
-from compare import save_png, write_json
-from model import GPT, GPTConfig
-from tokenizer import for_meta
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+
+import checkpoint  # noqa: E402
+import configurator  # noqa: E402
+from experiments.common import save_png, write_json  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
+from tokenizer import for_meta  # noqa: E402
 
 NEEDLE = " The special magic number is {}."
 QUESTION = " What is the special magic number? The special magic number is"
@@ -115,7 +117,7 @@ def main(argv=None):
     ap.add_argument("--trials", type=int, default=20, help="prompts per cell")
     ap.add_argument("--seed", type=int, default=0, help="seeds the numbers and the haystack offsets")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    ap.error = lambda msg: sys.exit(f"error: {msg} (python niah.py --help lists the options)")
+    ap.error = lambda msg: sys.exit(f"error: {msg} (python experiments/niah.py --help lists the options)")
     args = ap.parse_args(argv)
 
     path = os.path.join(args.out_dir, "ckpt.pt")
@@ -130,7 +132,7 @@ def main(argv=None):
     meta, cfg = ckpt["meta"], ckpt["config"]
     if meta.get("kind") == "synthetic":
         raise SystemExit(f"error: {path} was trained on the synthetic tasks, which have their own needle "
-                         f"(python compare.py); niah.py needs a checkpoint trained on a text --dataset")
+                         f"(python experiments/compare.py); niah.py needs a checkpoint trained on a text --dataset")
     data_dir = os.path.join("data", cfg["dataset"])  # as train.py reads it (an absolute path works too)
     val = os.path.join(data_dir, "val.bin")
     if not os.path.exists(val):

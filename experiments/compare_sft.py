@@ -3,9 +3,9 @@ NTP-SFT vs MEAP-SFT, measured (paper §3.2): pre-train one NTP base, fine-tune i
 multi-document QA with each objective and several seeds, and report exact-match accuracy by the
 position of the gold document (the lost-in-the-middle curve) with a table and a plot.
 
-    python compare_sft.py                       # the README's table: a base and 12 runs (time: see the README)
-    python compare_sft.py --arms ntp,concat --seeds 1,2 --out results/sft-try
-    python compare_sft.py --set max_iters=1600  # any train.py setting, for every fine-tuning run
+    python experiments/compare_sft.py              # results/sft-cpu: a base and 12 runs (see results/README.md)
+    python experiments/compare_sft.py --arms ntp,concat --seeds 1,2 --out results/sft-try
+    python experiments/compare_sft.py --set max_iters=1600   # any train.py setting, for every fine-tuning run
 
 The arms (train.py --sft and --mask_ratio), all from the same base, at equal tokens per step:
 - ntp: NTP-SFT, the loss on the answer tokens.
@@ -33,11 +33,14 @@ import time
 import numpy as np
 import torch
 
-import tasks
-from batches import QA_TEST, VAL_SEED
-from compare import (MEAP_DEFAULTS, apply_set, claim_out, diff_cells, in_parallel, interrupted, load_model, load_runs,
-                     mean_sd, paired_ci, parse_list, read_json, record_runs, save_png, steps_to, summary, train,
-                     write_json, write_text)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+
+import tasks  # noqa: E402
+from batches import QA_TEST, VAL_SEED  # noqa: E402
+from experiments.common import (ROOT, apply_set, claim_out, diff_cells, in_parallel, interrupted,  # noqa: E402
+                                load_model, load_runs, mean_sd, paired_ci, parse_list, read_json, record_runs,
+                                save_png, steps_to, summary, train, write_json, write_text)
+from experiments.compare import MEAP_DEFAULTS  # noqa: E402
 
 ARMS = {  # name: (train.py --sft, --mask_ratio; None = the preset's ratio)
     "ntp": ("ntp", 0.0),
@@ -54,8 +57,7 @@ def config_file(path):
     return {k: v for k, v in runpy.run_path(path).items() if not k.startswith("__")}
 
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-BASE, SFT = config_file(os.path.join(HERE, "config/sft_base.py")), config_file(os.path.join(HERE, "config/sft_qa.py"))
+BASE, SFT = config_file(os.path.join(ROOT, "config/sft_base.py")), config_file(os.path.join(ROOT, "config/sft_qa.py"))
 FIXED = ("out_dir", "init_from", "sft", "mask_ratio", "seed")  # chosen by the comparison, per run
 PRESETS = {
     # the README's table, from the two config files, on 2 CPU cores: the base, then 12 fine-tuning
@@ -203,7 +205,7 @@ def report(out):
                 f"[{100 * (d - h):+.1f}, {100 * (d + h):+.1f}] (the paper: +11.77 on 20-document QA, Llama-3-8B)")
     commands = "\n".join(f"`{c}`" for c in data["commands"])
     write_text(os.path.join(out, "results.md"), f"{commands}\n\nPer-run data: [runs.json](runs.json), from which "
-               f"`python compare_sft.py --report DIR` rewrites this file and results.png.\n\n{md}")
+               f"`python experiments/compare_sft.py --report DIR` rewrites this file and results.png.\n\n{md}")
     save_png(figure(results, arms, seeds, n_docs, int(grid["sft"]["batch_size"])), os.path.join(out, "results.png"))
     return md, line
 
@@ -220,7 +222,7 @@ def main(argv=None):
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.py settings for every SFT run")
     ap.add_argument("--report", default=None, metavar="DIR",
                     help="only rewrite DIR/results.md and results.png from DIR/runs.json (no training)")
-    ap.error = lambda msg: sys.exit(f"error: {msg} (python compare_sft.py --help lists the options)")
+    ap.error = lambda msg: sys.exit(f"error: {msg} (python experiments/compare_sft.py --help lists the options)")
     args = ap.parse_args(argv)
     if args.report:
         for name in ("grid.json", "runs.json"):
@@ -259,7 +261,7 @@ def main(argv=None):
         results = run_all(out, arms, seeds, p, settings, ratio, jobs, examples)
     except KeyboardInterrupt:
         interrupted(out)
-    cmd = " ".join(["python compare_sft.py"] + (argv if argv is not None else sys.argv[1:]))
+    cmd = " ".join(["python experiments/compare_sft.py"] + (argv if argv is not None else sys.argv[1:]))
     record_runs(out, results, cmd, key="arm")
     md, line = report(out)
     print(md + line)

@@ -19,8 +19,8 @@ spread over the rest (drop_masked()).
 Every function takes attention weights of shape (n_layer, B, n_head, T, T), as model.py's explicit
 path returns them (GPT.attention); causal rows see keys 0..i.
 
-    python attention.py --grid results/cpu     # the attention table over a compare.py grid's runs
-    python attention.py --report results/cpu   # rewrite attention.md from attention.json alone
+    python experiments/attention.py --grid results/cpu   # the attention table over a compare.py grid's runs
+    python experiments/attention.py --report results/cpu   # rewrite attention.md from attention.json alone
 """
 
 import argparse
@@ -31,12 +31,14 @@ import sys
 import numpy as np
 import torch
 
-import checkpoint
-import compare
-import tasks
-from batches import PROBE, VAL_SEED, torch_generator
-from mask import meap_inputs
-from model import GPT
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+
+import checkpoint  # noqa: E402
+import tasks  # noqa: E402
+from batches import PROBE, VAL_SEED, torch_generator  # noqa: E402
+from experiments import common  # noqa: E402
+from mask import meap_inputs  # noqa: E402
+from model import GPT  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # getting the weights
@@ -292,15 +294,15 @@ COLUMNS = [  # (probe key, column title, format)
 def report(grid):
     """Write grid/attention.md from grid/attention.json alone (the probe of every run and of the
     untrained control); returns the markdown."""
-    data = compare.read_json(os.path.join(grid, "attention.json"))
+    data = common.read_json(os.path.join(grid, "attention.json"))
     results = {(run["mask_ratio"], run["seed"]): run for run in data["runs"]}
     control = {("untrained", run["seed"]): run for run in data["untrained"]}
     ratios, seeds = sorted({r for r, _ in results}), sorted({s for _, s in results})
-    md = compare.summary(results, ratios, seeds, COLUMNS)
+    md = common.summary(results, ratios, seeds, COLUMNS)
     md += "\nControl: the same seeds' weights before training (step 0).\n\n" + \
-        compare.summary(control, ["untrained"], seeds, COLUMNS, names={"untrained": "untrained"})
-    compare.write_text(os.path.join(grid, "attention.md"), f"`{data['command']}`\n\nPer-run data: "
-                       f"[attention.json](attention.json), from which `python attention.py --report DIR` "
+        common.summary(control, ["untrained"], seeds, COLUMNS, names={"untrained": "untrained"})
+    common.write_text(os.path.join(grid, "attention.md"), f"`{data['command']}`\n\nPer-run data: "
+                       f"[attention.json](attention.json), from which `python experiments/attention.py --report DIR` "
                        f"rewrites this file.\n\n{md}")
     return md
 
@@ -312,11 +314,12 @@ def main(argv=None):
     ap.add_argument("--mask_ratio", type=float, default=0.15,
                     help="ratio of the masked copy for the paired metrics; at most 0.5 (masked and unmasked keys)")
     ap.add_argument("--report", default=None, metavar="DIR", help="only rewrite DIR/attention.md from DIR/attention.json")
-    ap.error = lambda msg: sys.exit(f"error: {msg} (python attention.py --help lists the options)")
+    ap.error = lambda msg: sys.exit(f"error: {msg} (python experiments/attention.py --help lists the options)")
     args = ap.parse_args(argv)
     if args.report:
         if not os.path.exists(os.path.join(args.report, "attention.json")):
-            raise SystemExit(f"error: {args.report} has no attention.json; run python attention.py --grid {args.report}")
+            raise SystemExit(f"error: {args.report} has no attention.json; "
+                         f"run python experiments/attention.py --grid {args.report}")
         print(report(args.report))
         return
     if args.examples < 1 or not 0 < args.mask_ratio <= 0.5:  # the paired metrics need masked and unmasked keys
@@ -329,7 +332,8 @@ def main(argv=None):
         if m and os.path.exists(os.path.join(runs, name, "ckpt.pt")):
             found[(float(m.group(1)), int(m.group(2)))] = os.path.join(runs, name)
     if not found:
-        raise SystemExit(f"error: no checkpoints in {runs}; train a grid first: python compare.py --out {args.grid}")
+        raise SystemExit(f"error: no checkpoints in {runs}; "
+                         f"train a grid first: python experiments/compare.py --out {args.grid}")
     try:
         checkpoint.check_writable(args.grid)  # attention.json goes there: check before the work
     except OSError as e:
@@ -338,7 +342,7 @@ def main(argv=None):
     results, configs = {}, {}
     for (r, s), path in sorted(found.items()):
         try:
-            model, cfg, it = compare.load_model(path)
+            model, cfg, it = common.load_model(path)
             configs[s] = (model.config, cfg)
             results[(r, s)] = probe(model, cfg, args.examples, mask_ratio=args.mask_ratio)
         except ValueError as e:  # an unreadable checkpoint, or a --mask_ratio its block cannot take
@@ -351,8 +355,8 @@ def main(argv=None):
         model_config, cfg = configs[s]
         torch.manual_seed(s)
         control[("untrained", s)] = probe(GPT(model_config), cfg, args.examples, mask_ratio=args.mask_ratio)
-    cmd = " ".join(["python attention.py"] + (argv if argv is not None else sys.argv[1:]))
-    compare.write_json(os.path.join(args.grid, "attention.json"), {
+    cmd = " ".join(["python experiments/attention.py"] + (argv if argv is not None else sys.argv[1:]))
+    common.write_json(os.path.join(args.grid, "attention.json"), {
         "command": cmd, "runs": [{"mask_ratio": r, "seed": s, **res} for (r, s), res in sorted(results.items())],
         "untrained": [{"seed": s, **res} for (_, s), res in sorted(control.items())]})
     print(report(args.grid))

@@ -1,0 +1,330 @@
+"""
+What the experiments share: statistics, atomic writes, running train.py over a grid, tables, the
+per-run data, command-line helpers. The core (model.py, train.py, ...) never imports it.
+"""
+
+import glob
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: train.py, model.py, ...
+sys.path.insert(0, ROOT)
+
+import checkpoint  # noqa: E402
+import configurator  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
+
+
+# -----------------------------------------------------------------------------
+# statistics: a difference is a gain or a loss only where its paired 95% interval excludes 0
+
+T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,  # Student t, 97.5%,
+       2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086]  # df = 1..20
+
+
+def mean_sd(values):
+    """Mean and sample standard deviation (0 for a single value), ignoring NaNs."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def paired_ci(a, b):
+    """Mean of the paired differences a - b and the half-width of its 95% paired-t interval
+    (NaN with fewer than two pairs). Pairs with a NaN on either side are dropped."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    d = d[~np.isnan(d)]
+    if len(d) < 2:
+        return (float(d.mean()) if len(d) else float("nan")), float("nan")
+    t = T95[len(d) - 2] if len(d) - 1 <= len(T95) else 1.96
+    return float(d.mean()), float(t * d.std(ddof=1) / math.sqrt(len(d)))
+
+
+def steps_to(metrics, target=0.9, key="acc"):
+    """The first logged iteration at which metrics[key] >= target; NaN if never."""
+    for row in metrics:
+        if key in row and row[key] >= target:
+            return float(row["iter"])
+    return float("nan")
+
+
+# -----------------------------------------------------------------------------
+# checkpoints and files: results are written atomically, never half a file
+
+def load_model(run_dir, device="cpu"):
+    """The model of run_dir/ckpt.pt in eval mode, its train.py settings and its step; ValueError
+    (one line) if the file cannot be read."""
+    ckpt = checkpoint.load(os.path.join(run_dir, "ckpt.pt"))
+    model = GPT(GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval().to(device), ckpt["config"], ckpt["iter_num"]
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_text(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)  # atomic: a half-written result is never read as finished
+
+
+def save_png(fig, path):
+    """A matplotlib Figure as a PNG at path, through a temporary file: never a half-written picture."""
+    fig.savefig(path + ".tmp", dpi=90, format="png")
+    os.replace(path + ".tmp", path)
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=1))
+
+
+# -----------------------------------------------------------------------------
+# running train.py: one run per folder, several at a time, Ctrl-C stops them all
+
+def train_cmd(run_dir, ratio, seed, settings):
+    """The train.py command of one run; resumes when the run has a checkpoint."""
+    cmd = [sys.executable, "train.py", "--out_dir", run_dir, "--mask_ratio", str(ratio), "--seed", str(seed)]
+    cmd += [f"--{k}={v}" for k, v in settings.items()]
+    if os.path.exists(os.path.join(run_dir, "ckpt.pt")):
+        cmd += ["--init_from", "resume"]
+    return cmd
+
+
+_children = set()  # the train.py processes running now (stop_children stops them)
+
+
+_stopping = False  # set by stop_children: a train.py that a worker of in_parallel starts after it stops at once
+
+
+def stop_children():
+    """Ctrl-C every train.py this process started, and wait for them: each stops at once, keeping
+    its last checkpoint, which a rerun resumes from (bit-exact)."""
+    global _stopping
+    _stopping = True
+    for p in list(_children):
+        p.send_signal(signal.SIGINT)
+    for p in list(_children):
+        p.wait()
+
+
+def train(run_dir, ratio, seed, settings, threads):
+    """Train one run with train.py (train_cmd) into run_dir, logging to run_dir/train.log: from
+    scratch, from its checkpoint, or not at all when that checkpoint has reached max_iters.
+    threads: OMP threads for train.py (0 = its default). RuntimeError naming the log on failure."""
+    run_dir = os.path.abspath(run_dir)  # train.py runs from the repository, wherever we were called
+    os.makedirs(run_dir, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)  # two 1-thread runs on 2 cores beat one 2-thread run
+    try:
+        _, _, done_iters = load_model(run_dir) if os.path.exists(os.path.join(run_dir, "ckpt.pt")) else (0, 0, -1)
+    except ValueError as e:
+        raise RuntimeError(f"{e}; delete {run_dir} to train that run again") from None
+    if done_iters < int(settings["max_iters"]):
+        with open(os.path.join(run_dir, "train.log"), "a") as log:
+            p = subprocess.Popen(train_cmd(run_dir, ratio, seed, settings), stdout=log, stderr=subprocess.STDOUT,
+                                 env=env, cwd=ROOT)
+            _children.add(p)
+            if _stopping and threading.current_thread() is not threading.main_thread():  # started as Ctrl-C came
+                p.send_signal(signal.SIGINT)
+            try:
+                p.wait()
+            except KeyboardInterrupt:  # (in the main thread: compare_sft's base run)
+                stop_children()
+                raise
+            finally:
+                _children.discard(p)
+        if p.returncode != 0:
+            raise RuntimeError(f"train.py failed for {run_dir}; see {run_dir}/train.log")
+
+
+def in_parallel(fn, todo, jobs, describe, eta_label="eta"):
+    """fn(job) for every job of todo, `jobs` at a time, with a progress line after each:
+    describe(job, result), its minutes and the ETA. A RuntimeError (a failed run) starts no more
+    jobs and exits with its one line; Ctrl-C stops the running ones and raises KeyboardInterrupt at
+    once (see interrupted). Returns [(job, result)] in the order they finished."""
+    global _stopping
+    t0, done, _stopping = time.time(), [], False
+
+    def timed(job):
+        t = time.time()
+        return job, fn(job), time.time() - t
+
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        for n, future in enumerate(as_completed([pool.submit(timed, job) for job in todo]), 1):
+            try:
+                job, res, dt = future.result()
+            except RuntimeError as e:  # a failed run: start no more, say which and where its log is
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise SystemExit(f"error: {e}")
+            done.append((job, res))
+            eta = (time.time() - t0) / n * (len(todo) - n)
+            print(f"[{n}/{len(todo)}] {describe(job, res)} | {dt / 60:.1f} min | {eta_label} {eta / 60:.1f} min",
+                  flush=True)
+    except KeyboardInterrupt:
+        stop_children()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return done
+
+
+def interrupted(out):
+    """After Ctrl-C: stop the train.py runs, say how to continue, and exit (130) without waiting
+    for an evaluation still running in a worker thread (its result is simply redone next time)."""
+    stop_children()
+    print(f"interrupted: the finished runs are kept in {out}; run the same command again to continue "
+          f"(a half-trained run resumes from its last checkpoint)", file=sys.stderr, flush=True)
+    checkpoint.release()
+    sys.stdout.flush()
+    os._exit(130)
+
+
+# -----------------------------------------------------------------------------
+# tables: mean ± sd per row, and paired differences with their intervals
+
+def seeds_of(results, row, seeds):
+    """The seeds among `seeds` that row `row` of results has a run for."""
+    return [s for s in seeds if (row, s) in results]
+
+
+def diff_cells(a, b, columns, seeds):
+    """Cells of a - b paired by seed, mean [95% paired-t interval], for each (key, title, format)
+    column; a and b map a seed to a run's dict."""
+    cells = []
+    for key, _, fmt in columns:
+        d, h = paired_ci([a[s][key] for s in seeds], [b[s][key] for s in seeds])
+        cells.append(f"{fmt.format(d)} [{fmt.format(d - h)}, {fmt.format(d + h)}]" if not math.isnan(h)
+                     else fmt.format(d))
+    return cells
+
+
+def summary(results, ratios, seeds, columns, names=None, baseline=0.0, first="mask_ratio"):
+    """Markdown: mean ± sd over seeds per mask ratio of each (key, title, format) column, then
+    each row minus the baseline row (NTP, ratio 0), paired by seed with a 95% paired-t interval,
+    when the baseline is in the grid. A row may have fewer seeds than others (its label says how
+    many); it is paired with the baseline over the seeds both have. names optionally maps a ratio
+    (any key of results) to its row label; first is the title of the label column."""
+    uneven = len({tuple(seeds_of(results, r, seeds)) for r in ratios}) > 1
+
+    def name(r):
+        label = (names or {}).get(r) or f"{r:.2f}{' (NTP)' if r == 0 else ''}"
+        n = len(seeds_of(results, r, seeds))
+        return label + (f" ({n} seeds)" if uneven else "")
+
+    def vals(r, key):
+        return [results[(r, s)][key] for s in seeds_of(results, r, seeds)]
+
+    head = f"| {first} | " + " | ".join(c[1] for c in columns) + " |\n" + "|---" * (len(columns) + 1) + "|\n"
+    lines = ["Mean ± sd over seeds " + ", ".join(map(str, seeds)) + (" (rows name their number of seeds)"
+                                                                     if uneven else "") + ".\n", head]
+    for r in ratios:
+        cells = []
+        for key, _, fmt in columns:
+            m, sd = mean_sd(vals(r, key))
+            n_nan = int(np.isnan(vals(r, key)).sum())
+            if n_nan == len(vals(r, key)):
+                cells.append("never")
+                continue
+            sd_fmt = fmt.replace("+", "")  # a spread has no sign
+            cells.append(f"{fmt.format(m)} ± {sd_fmt.format(sd)}" + (f" ({n_nan} never)" if n_nan else ""))
+        lines.append(f"| {name(r)} | " + " | ".join(cells) + " |\n")
+    if baseline in ratios and len(ratios) > 1:
+        minus = "MEAP - NTP" if baseline == 0.0 else f"Minus {name(baseline)}"
+        lines += [f"\n{minus}, paired by seed: mean [95% paired-t interval].\n", head]
+        base = {s: results[(baseline, s)] for s in seeds_of(results, baseline, seeds)}
+        for r in ratios:
+            if r != baseline:
+                both = [s for s in seeds_of(results, r, seeds) if s in base]
+                row = {s: results[(r, s)] for s in both}
+                lines.append(f"| {name(r)} | " + " | ".join(diff_cells(row, base, columns, both)) + " |\n")
+    return "".join(lines).replace("nan", "n/a")
+
+
+# -----------------------------------------------------------------------------
+# per-run data: every folder keeps runs.json, and its report is a pure function of it
+
+def load_runs(out, key="mask_ratio"):
+    """out/runs.json as (data, {(run[key], seed): run})."""
+    data = read_json(os.path.join(out, "runs.json"))
+    return data, {(run[key], run["seed"]): run for run in data["runs"]}
+
+
+def record_runs(out, results, command=None, key="mask_ratio", **extra):
+    """Merge results {(row, seed): run dict} into out/runs.json, add command (if any) to its list
+    of commands, and set the extra fields given (those not None)."""
+    path = os.path.join(out, "runs.json")
+    data, runs = load_runs(out, key) if os.path.exists(path) else ({"commands": []}, {})
+    runs.update(results)
+    if command and command not in data["commands"]:
+        data["commands"].append(command)
+    data.update({k: v for k, v in extra.items() if v is not None})
+    data["runs"] = [{key: row, "seed": seed, **{k: v for k, v in run.items() if k not in (key, "seed")}}
+                    for (row, seed), run in sorted(runs.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))]
+    write_json(path, data)
+
+
+# -----------------------------------------------------------------------------
+# the command lines of the experiments
+
+def parse_list(text, kind):
+    try:
+        values = tuple(kind(v) for v in text.split(","))
+        if kind is float and not all(math.isfinite(v) for v in values):
+            raise ValueError
+        return values
+    except ValueError:
+        raise SystemExit(f"error: cannot read {text!r} as a comma-separated list of {kind.__name__}s")
+
+
+def apply_set(settings, pairs, fixed, hint):
+    """settings updated by --set KEY=VALUE pairs; a one-line exit for a malformed pair, a key in
+    fixed (chosen per run by the comparison; hint names the options that choose it), or a key or
+    value train.py would refuse as a flag (checked here, before anything is written)."""
+    settings = dict(settings)
+    defaults = configurator.read_settings(os.path.join(ROOT, "train.py"))
+    for kv in pairs:
+        if "=" not in kv:
+            raise SystemExit(f"error: --set takes KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        if k in fixed:
+            raise SystemExit(f"error: --set {k} is chosen by the comparison; use {hint}")
+        settings[k] = v
+    for k, v in settings.items():
+        try:
+            configurator.parse([f"--{k}={v}"], defaults)
+        except configurator.ConfigError as e:
+            raise SystemExit(f"error: --set: {e}")
+    return settings
+
+
+def claim_out(out, grid):
+    """Lock the results folder `out` for this process, and write grid (its configuration) to
+    out/grid.json. A folder holds one configuration: another one is refused once a run in it has
+    a checkpoint (before that, a corrected command may replace it). One-line exit on failure."""
+    try:
+        note = checkpoint.claim(out)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: --out: {e}")
+    if note:
+        print(note)
+    cfg_path = os.path.join(out, "grid.json")
+    trained = glob.glob(os.path.join(out, "**", "ckpt.pt"), recursive=True)
+    if os.path.exists(cfg_path) and read_json(cfg_path) != grid and trained:
+        raise SystemExit(f"error: {out} holds runs trained with other settings ({cfg_path}); use a new --out")
+    write_json(cfg_path, grid)

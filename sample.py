@@ -15,11 +15,9 @@ import sys
 
 import torch
 
-import checkpoint
 import configurator
 import tasks
 import tokenizer
-from batches import PROMPTS, stream
 from configurator import die
 from model import GPT, GPTConfig
 
@@ -45,7 +43,7 @@ ckpt_path = os.path.join(out_dir, "ckpt.pt")
 if not os.path.exists(ckpt_path):
     die(f"no checkpoint at {ckpt_path}; train one first (python train.py), or point --out_dir at one")
 try:
-    ckpt = checkpoint.load(ckpt_path)
+    ckpt = configurator.load_checkpoint(ckpt_path)
     model = GPT(GPTConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
 except (ValueError, RuntimeError, TypeError) as e:  # unreadable, or a checkpoint of another model.py
@@ -94,7 +92,7 @@ if start or meta["kind"] != "synthetic":
         print("---------------")
 else:
     # held-out prompts of the checkpoint's task, cut right after the first question
-    rng = stream(seed, PROMPTS)
+    rng = tasks.stream(seed, tasks.PROMPTS)
     names = ["mqar", "needle"] if cfg["task"] == "mix" else [cfg["task"]]
     for i in range(num_samples):
         name = names[i % len(names)]

@@ -14,7 +14,7 @@ of the *input* tokens by [MASK] before the forward pass; targets and loss stay t
 The default trains on a synthetic retrieval mixture generated on the fly (see tasks.py). Every
 setting below is a global; `python train.py --help` lists them with their comments.
 
-The MEAP line is in the training loop at the bottom: `x = batches.meap(...)` (batches.py builds
+The MEAP line is in the training loop at the bottom: `x = batches.meap(...)` (tasks.Batches builds
 every batch; mask.py holds the masking itself).
 
 Fine-tuning (--sft, from a checkpoint given to --init_from) trains on a fixed set of (prompt,
@@ -26,7 +26,6 @@ half as many examples per step, so both objectives see the same tokens per step 
 import json
 import math
 import os
-import pickle
 import signal
 import sys
 import time
@@ -37,12 +36,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import checkpoint
 import configurator
 import tasks
-from batches import VAL_SEED, EVAL, Batches
 from configurator import die
-from mask import CORRUPTIONS, MODES, num_masked
+from mask import num_masked
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -109,7 +106,7 @@ if init_from == "resume":
     if not os.path.exists(ckpt_path):
         die(f"--init_from resume: no checkpoint at {ckpt_path} (check --out_dir, or start with --init_from scratch)")
     try:
-        ckpt = checkpoint.load(ckpt_path)
+        ckpt = configurator.load_checkpoint(ckpt_path)
     except ValueError as e:
         die(f"{e}; use a new --out_dir")
     saved_config = ckpt["config"]
@@ -128,7 +125,7 @@ elif init_from != "scratch":  # fine-tune: the weights and the model's shape fro
         die(f"--out_dir {out_dir} holds the checkpoint this run starts from; "
             f"give the fine-tuned model its own --out_dir")
     try:
-        ckpt = checkpoint.load(base_path)
+        ckpt = configurator.load_checkpoint(base_path)
     except ValueError as e:
         die(e)
     base_config = ckpt["config"]
@@ -140,48 +137,11 @@ config = {k: globals()[k] for k in config_keys}
 finetune = sft != "none"
 
 # check the settings here, so that a mistake is one line now rather than a traceback later
-try:
-    num_masked(block_size, mask_ratio)
-except ValueError as e:
-    die(f"--mask_ratio: {e}")
-if mask_mode not in MODES:
-    die(f"--mask_mode must be one of {MODES}, got {mask_mode!r}")
-if mask_mode == "shared" and not mask_queries:
-    die("--mask_mode shared masks the same columns in every row (the official code) and cannot spare the "
-        "queries; drop --mask_queries false, or use --mask_mode per_sequence")
-if corruption not in CORRUPTIONS:
-    die(f"--corruption must be one of {CORRUPTIONS}, got {corruption!r}")
+# (tasks.Batches checks the data, MEAP's and fine-tuning's settings; model.py the model's shape)
 if dtype not in ("auto", "float32", "bfloat16", "float16"):
     die(f"--dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
-if dataset == "synthetic" and task not in tasks.TASKS:
-    die(f"--task must be one of {tasks.TASKS}, got {task!r}")
-if sft not in ("none", "ntp", "concat", "separate"):
-    die(f"--sft must be none, ntp, concat or separate, got {sft!r}")
-if finetune:
-    if init_from == "scratch":
-        die("--sft fine-tunes a trained model: give its checkpoint, --init_from out-base (or ckpt.pt)")
-    if dataset != "synthetic":  # the dataset comes with the checkpoint
-        die(f"--sft fine-tunes on the synthetic multi-document QA, but {init_from} was trained on data/{dataset}; "
-            f"start from a checkpoint of the synthetic tasks")
-    if sft == "ntp" and mask_ratio > 0:
-        die("--sft ntp masks nothing: pass --mask_ratio 0 (or --sft concat / separate for MEAP-SFT)")
-    if sft != "ntp" and batch_size % 2:
-        die(f"--sft {sft} takes batch_size / 2 examples per step (each twice): --batch_size must be even")
-    if sft != "ntp" and answer_len < sft_min_answer:  # every qa answer has answer_len tokens
-        die(f"--sft {sft}: the {answer_len}-token answers are under sft_min_answer {sft_min_answer}, so MEAP-SFT "
-            f"would be NTP-SFT on half the examples; lower --sft_min_answer (the paper's 50 is for text answers)")
-    if sft != "ntp" and mask_ratio > 0 and num_masked(answer_len, mask_ratio) == 0:
-        die(f"--mask_ratio {mask_ratio} masks floor({answer_len} x {mask_ratio}) = 0 of the {answer_len} answer "
-            f"tokens; raise it to {math.ceil(100 / answer_len) / 100} or more (or 0: duplication alone)")
-    need = 2 * qa_tokens - 1 if sft == "concat" else qa_tokens - 1
-    if need > block_size:
-        die(f"--sft {sft} needs block_size >= {need} for qa_tokens {qa_tokens}; lower --qa_tokens")
-    try:
-        tasks.qa(np.random.default_rng(0), 1, qa_tokens - 1, n_docs, 0, answer_len)
-    except ValueError as e:
-        die(f"{e}; raise --qa_tokens or lower --n_docs / --answer_len")
-    if sft_examples < 1:
-        die(f"--sft_examples must be at least 1, got {sft_examples}")
+if finetune and init_from == "scratch":
+    die("--sft fine-tunes a trained model: give its checkpoint, --init_from out-base (or ckpt.pt)")
 for k in ("batch_size", "block_size", "max_iters", "gradient_accumulation_steps", "eval_interval", "log_interval",
           "eval_iters", "eval_examples"):
     if globals()[k] < 1:
@@ -220,44 +180,17 @@ ptdtype = getattr(torch, dtype)
 ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
-row_tokens = block_size
-if finetune:  # input tokens per row: NTP-SFT's example; MEAP-SFT's rows hold two examples' worth per two rows
-    row_tokens = qa_tokens - 1 if sft != "concat" else (2 * qa_tokens - 1) / 2
-tokens_per_iter = int(gradient_accumulation_steps * ddp_world_size * batch_size * row_tokens)
-row_len = block_size if not finetune else 2 * qa_tokens - 1 if sft == "concat" else qa_tokens - 1  # (MFU's attention)
 
 # -----------------------------------------------------------------------------
-# data. Every batch is a pure function of (seed, rank, iteration, micro-step) (batches.py): a
+# data. Every batch is a pure function of (seed, rank, iteration, micro-step) (tasks.Batches): a
 # resumed run sees exactly the data, and the masks, of the uninterrupted one, and NTP and MEAP runs
 # of a seed see the same data.
-if dataset == "synthetic":
-    mask_token_id, meta = tasks.MASK_ID, {"kind": "synthetic"}
-    real_vocab = tasks.VOCAB_SIZE  # [MASK] included
-    try:
-        tasks.get_batch(task, np.random.default_rng(0), 2, block_size, n_pairs, n_needles, mqar_offset)
-    except ValueError as e:
-        die(e)
-else:
-    data_dir = os.path.join("data", dataset)  # an absolute path also works
-    for split in ("train", "val"):
-        if not os.path.exists(os.path.join(data_dir, f"{split}.bin")):
-            die(f"{data_dir}/{split}.bin not found; prepare it with: python {data_dir}/prepare.py")
-    meta = {"kind": "gpt2", "vocab_size": 50257}  # nanoGPT's convention when there is no meta.pkl
-    if os.path.exists(os.path.join(data_dir, "meta.pkl")):
-        with open(os.path.join(data_dir, "meta.pkl"), "rb") as f:
-            meta = {"kind": "meta", **pickle.load(f)}
-    mask_token_id = meta["vocab_size"]  # [MASK] is the id right after the tokenizer's vocabulary
-    real_vocab = mask_token_id + 1
-    for split in ("train", "val"):  # long enough, and ids that fit the vocabulary (first 10M tokens)
-        data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
-        if len(data) < block_size + 2:
-            die(f"{data_dir}/{split}.bin holds {len(data)} tokens, fewer than block_size + 2 = {block_size + 2}")
-        top = int(data[:10_000_000].max())
-        if top >= mask_token_id:
-            die(f"{data_dir}/{split}.bin holds token id {top}, but the vocabulary has {mask_token_id} ids; "
-                f"fix vocab_size in {data_dir}/meta.pkl")
-
-batches = Batches(config, mask_token_id, ddp_rank, ddp_world_size)
+try:
+    batches = tasks.Batches(config, ddp_rank, ddp_world_size)
+except ValueError as e:
+    die(e)
+mask_token_id, meta = batches.mask_token_id, batches.meta
+tokens_per_iter = int(gradient_accumulation_steps * ddp_world_size * batch_size * batches.row_tokens)
 
 
 def to_device(*ts):
@@ -270,7 +203,7 @@ def to_device(*ts):
 # model and optimizer
 torch.manual_seed(seed)
 model_args = dict(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head,
-                  n_embd=n_embd, vocab_size=64 * math.ceil(real_vocab / 64), init=init)  # pad vocab to 64s
+                  n_embd=n_embd, vocab_size=64 * math.ceil(batches.vocab_size / 64), init=init)  # pad vocab to 64s
 try:
     raw_model = GPT(GPTConfig(**model_args)).to(device)
 except ValueError as e:  # the shape does not fit (model.py checks it)
@@ -322,11 +255,11 @@ def evaluate():
     if finetune:
         with ctx:
             out.update(tasks.evaluate_qa(raw_model, qa_tokens - 1, n_docs, answer_len, eval_examples,
-                                         seed=[VAL_SEED, EVAL], device=device))
+                                         seed=[tasks.VAL_SEED, tasks.EVAL], device=device))
     elif dataset == "synthetic":
         with ctx:
             out.update(tasks.evaluate(raw_model, task, block_size, n_pairs, n_needles, eval_examples,
-                                      seed=[VAL_SEED, EVAL], device=device))
+                                      seed=[tasks.VAL_SEED, tasks.EVAL], device=device))
     raw_model.train()
     return out
 
@@ -349,7 +282,7 @@ def save_checkpoint():
              "model_args": model_args, "iter_num": iter_num, "config": config, "meta": meta,
              "mask_token_id": mask_token_id, "rng": {"torch": torch.get_rng_state()}}
     try:
-        checkpoint.save(state, ckpt_path)  # atomic, and never non-finite weights
+        configurator.save_checkpoint(state, ckpt_path)  # atomic, and never non-finite weights
     except ValueError:
         diverged("the weights are not finite")
     except OSError as e:
@@ -369,9 +302,9 @@ def log_metrics(row):
 # training loop
 metrics_path = os.path.join(out_dir, "metrics.jsonl")
 signal.signal(signal.SIGINT, lambda *_: die(f"interrupted at iter {iter_num}; {resume_hint()}", 130))  # Ctrl-C
-if master:  # one run per out_dir: lock it, and never replace a finished run unasked (checkpoint.py)
+if master:  # one run per out_dir: lock it, and never replace a finished run unasked (configurator.py)
     try:
-        note = checkpoint.claim(out_dir)
+        note = configurator.claim(out_dir)
     except (ValueError, OSError) as e:
         die(f"--out_dir: {e}")
     if note:
@@ -379,7 +312,7 @@ if master:  # one run per out_dir: lock it, and never replace a finished run una
     if init_from != "resume" and os.path.exists(ckpt_path) and not overwrite:
         die(f"{out_dir} already holds a run ({ckpt_path}); continue it with --init_from resume, "
             f"use another --out_dir, or replace it with --overwrite true")
-    if checkpoint.truncate_log(metrics_path, iter_num if init_from == "resume" else 0):  # rows past the checkpoint go
+    if configurator.truncate_log(metrics_path, iter_num if init_from == "resume" else 0):  # rows past the checkpoint go
         print(f"{metrics_path}: dropped a half-written line")
     k = num_masked(block_size, mask_ratio)
     what = (f"MEAP, mask_ratio {mask_ratio} ({k} of {block_size} inputs, {mask_mode}"
@@ -420,7 +353,7 @@ while True:
         break
 
     for micro in range(gradient_accumulation_steps):
-        if finetune:  # MEAP-SFT's duplicated, masked examples are built in batches.sft (§3.2)
+        if finetune:  # MEAP-SFT (§3.2): duplicated examples, answers masked in the copy
             x, y = batches.sft(iter_num, micro)
         else:
             x, y, query = batches.clean("train", iter_num, micro)
@@ -452,7 +385,7 @@ while True:
         t_last, it_last = now, iter_num + 1
         n_lines += 1  # the first window holds the start-up (CUDA init, compilation): the second restarts the average
         dt_avg = dt if n_lines <= 2 else 0.7 * dt_avg + 0.3 * dt
-        mfu = raw_model.estimate_mfu(tokens_per_iter / dt, row_len, device) if ptdtype != torch.float32 else None
+        mfu = raw_model.estimate_mfu(tokens_per_iter / dt, batches.row_len, device) if ptdtype != torch.float32 else None
         eta = (max_iters - iter_num - 1) * dt_avg
         print(f"iter {iter_num}/{max_iters} | loss {train_loss:.4f} | lr {lr:.2e} | {dt * 1000:.1f} ms/iter | "
               f"{tokens_per_iter / dt / 1000:.1f}k tok/s" + (f" | mfu {mfu * 100:.1f}%" if mfu else "") +

@@ -33,9 +33,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
-import checkpoint  # noqa: E402
+import configurator  # noqa: E402
 import tasks  # noqa: E402
-from batches import PROBE, VAL_SEED, torch_generator  # noqa: E402
 from experiments import common  # noqa: E402
 from mask import meap_inputs  # noqa: E402
 from model import GPT  # noqa: E402
@@ -223,7 +222,7 @@ def plot_bars(ax, values, errors=None, title=None, ylabel=None, colors=None):
 # the probe of one checkpoint, and the table over a compare.py grid
 
 @torch.no_grad()
-def probe(model, cfg, n_examples=200, seed=(VAL_SEED, PROBE), mask_ratio=0.15, mask_token_id=None):
+def probe(model, cfg, n_examples=200, seed=(tasks.VAL_SEED, tasks.PROBE), mask_ratio=0.15, mask_token_id=None):
     """Every attention measurement of one model on held-out prompts of its trained settings, as a
     flat dict of floats. cfg holds train.py's block_size, n_pairs and n_needles.
     - needle_*: the trained needle task; the retrieval head is the (layer, head) with the largest
@@ -264,7 +263,7 @@ def probe(model, cfg, n_examples=200, seed=(VAL_SEED, PROBE), mask_ratio=0.15, m
     res["kv_share_out"] = float(np.mean([res[f"kv_share_p{i}"] for i in range(N, 2 * N)]))
 
     mb = tasks.get_batch("mix", rng, n_examples, T, P, N)
-    g = torch_generator(rng)
+    g = tasks.torch_generator(rng)
     xm, mask = meap_inputs(mb.x, mask_ratio, mask_token_id, generator=g)
     _, att_n = attention_maps(model, mb.x)
     _, att_m = attention_maps(model, xm)
@@ -335,7 +334,7 @@ def main(argv=None):
         raise SystemExit(f"error: no checkpoints in {runs}; "
                          f"train a grid first: python experiments/compare.py --out {args.grid}")
     try:
-        checkpoint.check_writable(args.grid)  # attention.json goes there: check before the work
+        configurator.check_writable(args.grid)  # attention.json goes there: check before the work
     except OSError as e:
         raise SystemExit(f"error: --grid: {e}")
     seeds = sorted({s for _, s in found})

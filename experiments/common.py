@@ -19,7 +19,6 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: train.py, model.py, ...
 sys.path.insert(0, ROOT)
 
-import checkpoint  # noqa: E402
 import configurator  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
@@ -65,7 +64,7 @@ def steps_to(metrics, target=0.9, key="acc"):
 def load_model(run_dir, device="cpu"):
     """The model of run_dir/ckpt.pt in eval mode, its train.py settings and its step; ValueError
     (one line) if the file cannot be read."""
-    ckpt = checkpoint.load(os.path.join(run_dir, "ckpt.pt"))
+    ckpt = configurator.load_checkpoint(os.path.join(run_dir, "ckpt.pt"))
     model = GPT(GPTConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     return model.eval().to(device), ckpt["config"], ckpt["iter_num"]
@@ -190,7 +189,7 @@ def interrupted(out):
     stop_children()
     print(f"interrupted: the finished runs are kept in {out}; run the same command again to continue "
           f"(a half-trained run resumes from its last checkpoint)", file=sys.stderr, flush=True)
-    checkpoint.release()
+    configurator.release()
     sys.stdout.flush()
     os._exit(130)
 
@@ -318,7 +317,7 @@ def claim_out(out, grid):
     out/grid.json. A folder holds one configuration: another one is refused once a run in it has
     a checkpoint (before that, a corrected command may replace it). One-line exit on failure."""
     try:
-        note = checkpoint.claim(out)
+        note = configurator.claim(out)
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: --out: {e}")
     if note:

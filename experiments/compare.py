@@ -41,7 +41,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 import tasks  # noqa: E402
-from batches import SUITE, VAL_SEED  # noqa: E402
 from experiments.common import (apply_set, claim_out, diff_cells, in_parallel, interrupted, load_model,  # noqa: E402
                                 load_runs, mean_sd, parse_list, read_json, record_runs, save_png, seeds_of,
                                 steps_to, summary, train, write_json, write_text)
@@ -82,7 +81,7 @@ def lengths_of(T):
 
 
 @torch.no_grad()
-def suite(model, cfg, n_examples=400, seed=(VAL_SEED, SUITE), device="cpu"):
+def suite(model, cfg, n_examples=400, seed=(tasks.VAL_SEED, tasks.SUITE), device="cpu"):
     """Accuracy of a trained model on every held-out setting (see the module docstring), as a
     flat dict of floats. cfg holds train.py's block_size, n_pairs and n_needles."""
     T, P, N = cfg["block_size"], cfg["n_pairs"], cfg["n_needles"]

@@ -36,7 +36,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 import tasks  # noqa: E402
-from batches import QA_TEST, VAL_SEED  # noqa: E402
 from experiments.common import (ROOT, apply_set, claim_out, diff_cells, in_parallel, interrupted,  # noqa: E402
                                 load_model, load_runs, mean_sd, paired_ci, parse_list, read_json, record_runs,
                                 save_png, steps_to, summary, train, write_json, write_text)
@@ -84,7 +83,7 @@ def score(run_dir, sft_settings, examples):
     during fine-tuning that train.py logged (none for the base); written to run_dir/sft.json."""
     model, _, _ = load_model(run_dir)
     res = tasks.evaluate_qa(model, int(sft_settings["qa_tokens"]) - 1, int(sft_settings["n_docs"]),
-                            int(sft_settings["answer_len"]), examples, seed=[VAL_SEED, QA_TEST])
+                            int(sft_settings["answer_len"]), examples, seed=[tasks.VAL_SEED, tasks.QA_TEST])
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         evals = [row for row in map(json.loads, f) if "acc_qa" in row]
     res["curve"] = [[row["iter"], row["acc_qa"]] for row in evals]

@@ -26,7 +26,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
-import checkpoint  # noqa: E402
 import configurator  # noqa: E402
 from experiments.common import save_png, write_json  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
@@ -124,8 +123,8 @@ def main(argv=None):
     if not os.path.exists(path):
         raise SystemExit(f"error: no checkpoint at {path}; train one first (python train.py config/shakespeare_cpu.py)")
     try:
-        ckpt = checkpoint.load(path)
-        checkpoint.check_writable(args.out_dir)  # niah.json goes there: check before the evaluation
+        ckpt = configurator.load_checkpoint(path)
+        configurator.check_writable(args.out_dir)  # niah.json goes there: check before the evaluation
         device = configurator.pick_device(args.device)
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: {e}")

@@ -1,4 +1,4 @@
-"""The batches train.py trains on (batches.py), specified: where MEAP puts [MASK] and where it must
+"""The batches train.py trains on (tasks.Batches), specified: where MEAP puts [MASK] and where it must
 not, exact counts, fresh masks at every step, micro-step and process, the official shared scheme,
 the random-token control, text batches, and the fine-tuning layouts. Then train.py itself: its
 first logged loss is the loss on these batches, gradient accumulation, the learning-rate schedule."""
@@ -13,7 +13,6 @@ import torch
 
 import configurator
 import tasks
-from batches import Batches
 from helpers import ROOT, TINY, run_script
 from model import GPT, GPTConfig
 
@@ -22,7 +21,7 @@ MASK = tasks.MASK_ID
 
 
 def batches(rank=0, world_size=1, **settings):
-    return Batches(dict(DEFAULTS, **settings), MASK, rank, world_size)
+    return tasks.Batches(dict(DEFAULTS, **settings), rank, world_size)
 
 
 def meap_batch(b, it=0, micro=0):
@@ -221,10 +220,10 @@ def test_train_py_loss_is_the_loss_on_meap_inputs_and_the_lr_schedule(tmp_path):
     cfg = ckpt["config"]
     torch.manual_seed(cfg["seed"])  # train.py's initial weights
     model = GPT(GPTConfig(**ckpt["model_args"]))
-    x, y, query, xm = meap_batch(Batches(cfg, MASK), 0)
+    x, y, query, xm = meap_batch(tasks.Batches(cfg), 0)
     with torch.no_grad():
         meap, clean, on_targets = (model(a, b)[1].item() for a, b in
-                                   ((xm, y), (x, y), (xm, Batches(cfg, MASK).meap(y, query, 0))))
+                                   ((xm, y), (x, y), (xm, tasks.Batches(cfg).meap(y, query, 0))))
     logged = next(r["loss"] for r in rows if r["iter"] == 0 and "loss" in r)
     assert logged == pytest.approx(meap, abs=1e-5)
     assert abs(logged - clean) > 1e-3 and abs(logged - on_targets) > 1e-3

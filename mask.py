@@ -24,10 +24,7 @@ Options for experiments, off by default (the paper's MEAP is uniform and uses [M
 - corruption="random": the same positions get uniformly random real tokens instead of [MASK], a
   control that tells "a dedicated [MASK] token" from "any corruption of the input".
 
-Fine-tuning (§3.2) masks differently: each (prompt, answer) example is duplicated and ~10% of the
-answer tokens are masked in the copy. sft_meap_concat() is the paper's layout (one sequence, the
-loss on both answers), sft_meap_separate() the official code's (the masked copy as an example of
-its own, with targets only at the masked tokens), sft_ntp() the plain baseline.
+Fine-tuning's layouts (§3.2) come after the pre-training functions, at the end of the file.
 """
 
 import math
@@ -119,7 +116,11 @@ def meap_inputs(idx, ratio, mask_token_id, mode="per_sequence", exclude=None, ge
 
 
 # -----------------------------------------------------------------------------
-# Fine-tuning (paper §3.2). An SFT example is a prompt and an answer, two 1-D tensors of token ids.
+# Fine-tuning (paper §3.2) masks differently: each (prompt, answer) example is duplicated and ~10%
+# of the answer tokens are masked in the copy. sft_meap_concat() is the paper's layout (one
+# sequence, the loss on both answers), sft_meap_separate() the official code's (the masked copy as
+# an example of its own, with targets only at the masked tokens), sft_ntp() the plain baseline.
+# An SFT example is a prompt and an answer, two 1-D tensors of token ids.
 # These turn one into (x, y) pairs for next-token training: x the input ids, y the target at each
 # position, IGNORE where the loss skips it. The prompt is never a target.
 # Positions: pass a generator seeded by the example's index alone for static positions (drawn once,

@@ -1,5 +1,5 @@
 """The repository root on sys.path; the --slow option (without it the slow tests are skipped); a tiny
-checkpoint shared by the tests that only read it; fixtures for faults (a read-only folder, a full disk)."""
+checkpoint and a tiny grid, each trained once for the tests that read them; fixtures for faults (a read-only folder, a full disk)."""
 
 import os
 import subprocess
@@ -35,6 +35,15 @@ def tiny_ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
     run_script("train.py", *TINY, "--max_iters", "4", "--eval_interval", "2", "--out_dir", str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_grid(tmp_path_factory):
+    """(folder, stdout) of experiments/compare.py's tiny grid (NTP and MEAP 0.15, seeds 1 and 2),
+    trained once for the tests that read it; copy the folder before changing anything in it."""
+    out = tmp_path_factory.mktemp("tiny_grid") / "grid"
+    p = run_script("experiments/compare.py", "--preset", "tiny", "--out", str(out))
+    return out, p.stdout
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -126,7 +127,7 @@ def test_plot_helpers_draw():
 
 
 @pytest.mark.slow
-def test_cli_reports_a_grid_and_errors_in_one_line(tmp_path):
+def test_cli_reports_a_grid_and_errors_in_one_line(tiny_grid, tmp_path):
     for args, msg in [(["--grid", str(tmp_path)], "no checkpoints in"),
                       (["--mask_ratio", "1.5"], "--examples must be at least 1 and --mask_ratio in (0, 0.5]"),
                       (["--mask_ratio", "0.99"], "--examples must be at least 1 and --mask_ratio in (0, 0.5]"),
@@ -135,8 +136,7 @@ def test_cli_reports_a_grid_and_errors_in_one_line(tmp_path):
         p = run_script("experiments/attention.py", *args, check=False)
         lines = p.stderr.strip().splitlines()
         assert p.returncode != 0 and len(lines) == 1 and lines[0].startswith(f"error: {msg}"), p.stderr
-    out = str(tmp_path / "grid")
-    run_script("experiments/compare.py", "--preset", "tiny", "--out", out, "--seeds", "1,2")
+    out = str(shutil.copytree(tiny_grid[0], tmp_path / "grid"))  # the tiny grid, seeds 1 and 2
     p = run_script("experiments/attention.py", "--grid", out, "--examples", "8")
     md = open(os.path.join(out, "attention.md")).read()
     assert md.startswith(f"`python experiments/attention.py --grid {out} --examples 8`")

@@ -62,10 +62,9 @@ def test_filler_loss_of_the_true_bigram_model_sits_on_the_entropy_floor():
 
 
 @pytest.mark.slow
-def test_grid_runs_resumes_and_reports(tmp_path):
-    out = str(tmp_path / "grid")
-    p = run_script("experiments/compare.py", "--preset", "tiny", "--out", out)
-    assert "[4/4]" in p.stdout and "grid eta" in p.stdout
+def test_grid_runs_resumes_and_reports(tiny_grid, tmp_path):
+    out, stdout = tiny_grid
+    assert "[4/4]" in stdout and "grid eta" in stdout
     md = open(os.path.join(out, "results.md")).read()
     assert "| 0.00 (NTP) |" in md and "| 0.15 |" in md and "MEAP - NTP" in md
     assert os.path.getsize(os.path.join(out, "results.png")) > 10_000
@@ -77,18 +76,21 @@ def test_grid_runs_resumes_and_reports(tmp_path):
            {k: v for k, v in cfg["r0.15_s1"].items() if k not in ("mask_ratio", "out_dir")}
 
     # a finished grid is reused as it is
-    p = run_script("experiments/compare.py", "--preset", "tiny", "--out", out)
+    p = run_script("experiments/compare.py", "--preset", "tiny", "--out", str(out))
     assert "reusing 4 finished run(s)" in p.stdout and "[1/" not in p.stdout
+    assert open(os.path.join(out, "results.md")).read() == md
 
     # the per-run data: every run's numbers, and the report is a pure function of them
     data = json.load(open(os.path.join(out, "runs.json")))
     assert data["commands"] == [f"python experiments/compare.py --preset tiny --out {out}"]
     assert sorted((r["mask_ratio"], r["seed"]) for r in data["runs"]) == [(0.0, 1), (0.0, 2), (0.15, 1), (0.15, 2)]
     assert all({"needle", "mqar_2x", "kv_p3", "val_loss", "steps_to_90", "evals"} <= set(r) for r in data["runs"])
-    os.remove(os.path.join(out, "results.md"))
-    shutil.rmtree(os.path.join(out, "runs"))  # no checkpoints, no suite.json: runs.json alone
-    p = run_script("experiments/compare.py", "--report", out)
-    assert open(os.path.join(out, "results.md")).read() == md
+    alone = tmp_path / "alone"  # no checkpoints, no suite.json: the settings and runs.json alone
+    alone.mkdir()
+    for f in ("grid.json", "runs.json"):
+        shutil.copy(os.path.join(out, f), alone / f)
+    run_script("experiments/compare.py", "--report", str(alone))
+    assert open(alone / "results.md").read() == md
 
 
 @pytest.mark.slow

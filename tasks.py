@@ -367,6 +367,8 @@ class Batches:
     def __init__(self, cfg, rank=0, world_size=1):
         self.cfg, self.rank, self.world_size = dict(cfg), rank, world_size
         c = self.cfg
+        if c["sft"] != "none":
+            self._check_sft()  # first: fine-tuning needs a synthetic checkpoint, whatever data/ holds
         self.row_len = self.row_tokens = c["block_size"]
         if c["dataset"] == "synthetic":
             self.mask_token_id, self.meta = MASK_ID, {"kind": "synthetic"}
@@ -383,15 +385,13 @@ class Batches:
             except ValueError as e:
                 flag = "mask_ratio" if "ratio" in str(e) else "mask_mode" if "mode" in str(e) else "corruption"
                 raise ValueError(f"--{flag}: {e}") from None
-        else:
-            self._check_sft()
-            # a fixed fine-tuning set, the same for every layout of a seed
+        else:  # a fixed fine-tuning set, the same for every layout of a seed
             self.sft_set = qa_examples(stream(c["seed"], SFT_SET), c["sft_examples"], c["qa_tokens"] - 1,
                                        c["n_docs"], c["answer_len"])
             # equal tokens per step: MEAP-SFT takes half the examples, each twice (§3.2)
             self.sft_per_step = c["batch_size"] if c["sft"] == "ntp" else c["batch_size"] // 2
             self.row_len = 2 * c["qa_tokens"] - 1 if c["sft"] == "concat" else c["qa_tokens"] - 1
-            self.row_tokens = self.row_len / 2 if c["sft"] == "concat" else self.row_len  # separate: 2 rows/example
+            self.row_tokens = self.row_len / 2 if c["sft"] == "concat" else self.row_len  # one example per row, for tok/s
 
     def _check_text_data(self):
         """(mask_token_id, meta) of data/NAME, after checking that its files fit the settings."""

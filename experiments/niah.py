@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import configurator  # noqa: E402
 from experiments.common import save_png, write_json  # noqa: E402
+from experiments.probes import needle_prompt  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from tokenizer import for_meta  # noqa: E402
 
@@ -40,16 +41,8 @@ def make_prompt(tok, haystack, length, depth, number, rng):
     """Token ids (exactly `length`) of one prompt: haystack tokens from a random offset of the id
     array `haystack`, the needle at `depth` of them, then the question. Returns (ids, needle_at)."""
     needle, question = tok.encode(NEEDLE.format(number)), tok.encode(QUESTION)
-    H = length - len(needle) - len(question)  # haystack tokens that fit
-    if H < 0:
-        raise ValueError(f"a context of {length} tokens cannot hold the needle and the question "
-                         f"({len(needle) + len(question)} tokens)")
-    if len(haystack) < H:
-        raise ValueError(f"the haystack text holds {len(haystack)} tokens, fewer than the {H} needed")
-    start = int(rng.integers(len(haystack) - H + 1))
-    hay = [int(t) for t in haystack[start:start + H]]
-    at = round(depth * H)
-    return hay[:at] + needle + hay[at:] + question, at
+    ids = needle_prompt(haystack, length, depth, needle, question, rng)
+    return ids, round(depth * (length - len(needle) - len(question)))
 
 
 def answer_ok(continuation, number):

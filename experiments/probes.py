@@ -1,0 +1,199 @@
+"""
+Zero-shot retrieval probes for a checkpoint trained on text: does the model use its context, without
+ever being trained on the probe? Two probes, both on held-out text (the dataset's val.bin):
+
+- copying (the induction-head measure of Olsson et al. 2022): a span of k tokens is shown once, then
+  again after a gap of held-out text:   lead | S | gap | S
+  Scored on the second occurrence from its second token on (the model has seen S[0..j] twice and
+  must say S[j+1]), beside the same positions of the first occurrence, where it cannot copy. The
+  span is k distinct random tokens of the text's own vocabulary ("random": only copying helps), or a
+  random stretch of held-out text ("text": language modelling helps too). A model without
+  in-context copying scores the same on both occurrences; one with it scores ~1 on the second.
+- passkey, in the text's own vocabulary: "the password is W." at depth d of held-out text, then
+  "the password is" at the end; exact match of the greedy continuation with W. W is a word of the
+  corpus (BPE), or 5 random lowercase letters (bytes), so that the needle is ordinary text.
+  needle_prompt() builds the prompts; niah.py uses it for the paper's magic-number needle.
+
+    python experiments/probes.py --out_dir out-shakespeare-byte       # both probes, printed, probes.json
+
+Chance on "random" copying is about 1 / (the number of distinct tokens in the text).
+"""
+
+import argparse
+import os
+import re
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+
+import configurator  # noqa: E402
+from experiments.common import write_json  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
+from tokenizer import for_meta  # noqa: E402
+
+LEAD = 8  # held-out tokens before the first copy: the span never starts at position 0
+PASSWORD = " the password is"
+
+
+def text_vocab(haystack, limit=1_000_000):
+    """The distinct token ids of the held-out text (its first `limit` tokens): the random spans
+    draw from these, so that every probe token is one the model has trained on."""
+    return np.unique(np.asarray(haystack[:limit], dtype=np.int64))
+
+
+def copying_batch(rng, haystack, n, k, gap, kind, vocab):
+    """(x, first, second): n sequences lead | S | gap | S of LEAD + 2k + gap tokens (n, L), and
+    the positions where each occurrence of S starts. kind 'random': S is k distinct ids of vocab;
+    'text': a random stretch of haystack."""
+    L = LEAD + 2 * k + gap
+    if kind == "random" and len(vocab) < k:
+        raise ValueError(f"the text has {len(vocab)} distinct tokens, fewer than a span of {k}")
+    if len(haystack) < L:
+        raise ValueError(f"the held-out text holds {len(haystack)} tokens, fewer than the {L} of one probe")
+    rows = []
+    for _ in range(n):
+        lead, filler = (np.asarray(haystack[s:s + m], dtype=np.int64)
+                        for s, m in ((int(rng.integers(len(haystack) - LEAD)), LEAD),
+                                     (int(rng.integers(len(haystack) - gap + 1)), gap)))
+        if kind == "random":
+            span = rng.choice(vocab, size=k, replace=False)
+        else:
+            s = int(rng.integers(len(haystack) - k))
+            span = np.asarray(haystack[s:s + k], dtype=np.int64)
+        rows.append(np.concatenate([lead, span, filler, span]))
+    return torch.from_numpy(np.stack(rows)), LEAD, LEAD + k + gap
+
+
+@torch.no_grad()
+def copying(model, haystack, k=16, gaps=(16, 64, 128), kind="random", n=100, seed=0, device="cpu", vocab=None):
+    """{gap: {acc_first, acc_second, loss_first, loss_second}}: greedy accuracy and cross-entropy
+    at the k - 1 positions of each occurrence that predict S[1..k-1]. model(x) returns (logits, _).
+    vocab: the ids random spans draw from (default: those of the held-out text)."""
+    rng, res = np.random.default_rng(seed), {}
+    vocab = text_vocab(haystack) if vocab is None else np.asarray(vocab)
+    for gap in gaps:
+        x, first, second = copying_batch(rng, haystack, n, k, gap, kind, vocab)
+        logits = model(x.to(device))[0].float().cpu()  # (n, L, V)
+        out = {}
+        for name, start in (("first", first), ("second", second)):
+            pos = torch.arange(start, start + k - 1)  # predicts x[pos + 1]
+            lg, y = logits[:, pos], x[:, pos + 1]  # (n, k-1, V), (n, k-1)
+            out[f"acc_{name}"] = (lg.argmax(-1) == y).float().mean().item()
+            out[f"loss_{name}"] = F.cross_entropy(lg.reshape(-1, lg.size(-1)), y.reshape(-1)).item()
+        res[gap] = out
+    return res
+
+
+def needle_prompt(haystack, length, depth, needle, question, rng):
+    """Token ids (exactly `length`) of one needle-in-a-haystack prompt: haystack tokens from a random
+    offset, the needle ids after round(depth * H) of the H of them, then the question ids."""
+    H = length - len(needle) - len(question)  # haystack tokens that fit
+    if H < 0:
+        raise ValueError(f"a context of {length} tokens cannot hold the needle and the question "
+                         f"({len(needle) + len(question)} tokens)")
+    if len(haystack) < H:
+        raise ValueError(f"the haystack text holds {len(haystack)} tokens, fewer than the {H} needed")
+    start = int(rng.integers(len(haystack) - H + 1))
+    hay = [int(t) for t in haystack[start:start + H]]
+    at = round(depth * H)
+    return hay[:at] + list(needle) + hay[at:] + list(question)
+
+
+def passwords(tok, haystack, rng, n):
+    """n passwords, as text: words of 5+ letters from the held-out text (BPE), or 5 random
+    lowercase letters (bytes, where a word of the text would be mostly predictable from its start)."""
+    if tok.name == "byte":
+        return ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), size=5)) for _ in range(n)]
+    words = sorted(set(re.findall(r"\b[a-z]{5,}\b", tok.decode(np.asarray(haystack[:200_000]).tolist()))))
+    if not words:
+        raise ValueError("the held-out text has no word of 5+ lowercase letters to use as a password")
+    return [str(w) for w in rng.choice(words, size=n)]
+
+
+def passkey_prompt(tok, haystack, length, depth, word, rng):
+    """(prompt ids of exactly `length`, answer ids) of one passkey trial: '<PASSWORD> W.' at depth
+    of held-out text, '<PASSWORD>' at the end; the answer is W's ids as they stand in the needle."""
+    answer = tok.encode(" " + word)
+    return needle_prompt(haystack, length, depth, tok.encode(PASSWORD) + answer + tok.encode("."),
+                         tok.encode(PASSWORD), rng), answer
+
+
+@torch.no_grad()
+def passkey(model, tok, haystack, lengths, depths, trials=20, seed=0, device="cpu"):
+    """{(depth, length): share of trials whose greedy continuation starts with the password's ids}."""
+    rng, res = np.random.default_rng(seed), {}
+    for L in lengths:
+        for d in depths:
+            hits = 0
+            for w in passwords(tok, haystack, rng, trials):
+                prompt, answer = passkey_prompt(tok, haystack, L, d, w, rng)
+                out = model.generate(torch.tensor([prompt], device=device), len(answer), temperature=0,
+                                     vocab_limit=tok.vocab_size)
+                hits += out[0, L:].tolist() == answer
+            res[(d, L)] = hits / trials
+    return res
+
+
+def load(out_dir, device="auto"):
+    """(model, tok, haystack, ckpt) of a text checkpoint; ValueError (one line) if it cannot be probed."""
+    ckpt = configurator.load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
+    if ckpt["meta"].get("kind") == "synthetic":
+        raise ValueError(f"{out_dir} was trained on the synthetic tasks; the probes need a text --dataset")
+    val = os.path.join("data", ckpt["config"]["dataset"], "val.bin")
+    if not os.path.exists(val):
+        raise ValueError(f"{val} not found: the probes read the checkpoint's held-out text; prepare it first")
+    tok = for_meta(ckpt["meta"])
+    model = GPT(GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval().to(configurator.pick_device(device)), tok, np.memmap(val, dtype=np.uint16, mode="r"), ckpt
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Zero-shot copying and passkey probes of a text checkpoint.")
+    ap.add_argument("--out_dir", default="out", help="the checkpoint's folder (ckpt.pt); probes.json goes there")
+    ap.add_argument("--span", type=int, default=16, help="copying: tokens in the repeated span")
+    ap.add_argument("--examples", type=int, default=100, help="copying: sequences per gap; passkey: trials per cell")
+    ap.add_argument("--depths", default="0,0.5,1", help="passkey: comma-separated needle depths in [0, 1]")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    ap.error = lambda msg: sys.exit(f"error: {msg} (python experiments/probes.py --help lists the options)")
+    args = ap.parse_args(argv)
+    try:
+        model, tok, haystack, ckpt = load(args.out_dir, args.device)
+        configurator.check_writable(args.out_dir)
+        depths = [float(d) for d in args.depths.split(",")]
+        T = ckpt["model_args"]["block_size"]
+        gaps = [g for g in (16, 64, 128, 256, 512) if LEAD + 2 * args.span + g <= T]
+        shortest = 2 * len(tok.encode(PASSWORD)) + 16 + 8  # needle, question, 16 of haystack, an answer
+        if not gaps or shortest + 8 > T or args.span < 2 or args.examples < 1 or \
+                not all(0 <= d <= 1 for d in depths):
+            raise ValueError(f"need --span >= 2 with {LEAD} + 2 x span + 16 <= block_size {T}, --examples >= 1 "
+                             f"and depths in [0, 1] (got {args.span}, {args.examples}, {args.depths})")
+        lengths = sorted({max(T // 4, shortest), T - 8})  # room for an answer of up to 8 tokens
+        dev = next(model.parameters()).device
+        res = {kind: copying(model, haystack, args.span, gaps, kind, args.examples, args.seed, dev)
+               for kind in ("random", "text")}
+        pk = passkey(model, tok, haystack, lengths, depths, args.examples, args.seed, dev)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    what = f"MEAP {ckpt['config']['mask_ratio']}" if ckpt["config"]["mask_ratio"] > 0 else "NTP"
+    print(f"{args.out_dir}: {what}, step {ckpt['iter_num']}, data/{ckpt['config']['dataset']} ({tok.name})")
+    for kind, by_gap in res.items():
+        for g, r in by_gap.items():
+            print(f"copying {kind:6} span {args.span} gap {g:4}: accuracy first {r['acc_first']:.3f} second "
+                  f"{r['acc_second']:.3f} | loss first {r['loss_first']:.3f} second {r['loss_second']:.3f}")
+    for (d, L), a in pk.items():
+        print(f"passkey depth {d:.2f} length {L}: {a:.2f}")
+    write_json(os.path.join(args.out_dir, "probes.json"),
+               {"step": ckpt["iter_num"], "span": args.span, "copying": {k: {str(g): r for g, r in v.items()}
+                                                                       for k, v in res.items()},
+                "passkey": [{"depth": d, "length": L, "acc": a} for (d, L), a in pk.items()]})
+    print(f"wrote {args.out_dir}/probes.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""experiments/probes.py: the zero-shot copying and passkey probes score what they claim to. An oracle
+copier scores 1 on the second copy, a bigram model and an untrained GPT score chance, and every
+passkey prompt holds its answer exactly where a brute-force search finds it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from experiments import probes
+from helpers import run_script
+from model import GPT, GPTConfig
+from tokenizer import get_tokenizer
+
+V = 1000  # ids of the test "texts" below: the haystack uses 0..499, the random spans 500..999
+
+
+def haystack(n=20_000, seed=0):
+    return np.random.default_rng(seed).integers(0, 500, size=n).astype(np.uint16)
+
+
+def oracle_copier(x):
+    """Logits (B, T, V) of an induction oracle: after a token seen before, the token that followed
+    its latest earlier occurrence; uniform where the token is new."""
+    B, T = x.shape
+    logits = torch.zeros(B, T, V)
+    for b in range(B):
+        seen = {}
+        for t in range(T):
+            tok = int(x[b, t])
+            if tok in seen:
+                logits[b, t, int(x[b, seen[tok] + 1])] = 1.0
+            seen[tok] = t
+    return logits, None
+
+
+def test_copying_batch_repeats_the_span_after_the_gap():
+    x, first, second = probes.copying_batch(np.random.default_rng(1), haystack(), 3, 16, 40, "random",
+                                            np.arange(500, 1000))
+    assert x.shape == (3, probes.LEAD + 2 * 16 + 40) and second == first + 16 + 40
+    assert torch.equal(x[:, first:first + 16], x[:, second:second + 16])
+    span = x[0, first:first + 16]
+    assert len(set(span.tolist())) == 16 and (span >= 500).all()  # distinct ids of the given vocabulary
+    assert (x[:, :first] < 500).all() and (x[:, first + 16:second] < 500).all()  # lead and gap: the text
+    x, first, second = probes.copying_batch(np.random.default_rng(1), haystack(), 3, 16, 40, "text", None)
+    assert (x < 500).all() and torch.equal(x[:, first:first + 16], x[:, second:second + 16])
+
+
+def test_an_oracle_copier_scores_1_on_the_second_copy_and_0_on_the_first():
+    res = probes.copying(oracle_copier, haystack(), k=16, gaps=(16, 64), n=20, vocab=np.arange(500, 1000))
+    for r in res.values():
+        assert r["acc_second"] == 1.0 and r["acc_first"] == 0.0
+        assert r["loss_second"] < r["loss_first"]
+
+
+def test_a_bigram_model_copies_nothing():
+    hay = haystack()
+    counts = np.ones((V, V))
+    np.add.at(counts, (hay[:-1].astype(int), hay[1:].astype(int)), 1)
+    table = torch.tensor(np.log(counts / counts.sum(1, keepdims=True)), dtype=torch.float32)
+    res = probes.copying(lambda x: (table[x], None), hay, k=16, gaps=(16, 64), n=50)
+    for r in res.values():
+        assert r["acc_second"] < 0.05 and abs(r["acc_second"] - r["acc_first"]) < 0.03
+        assert abs(r["loss_second"] - r["loss_first"]) < 0.1
+
+
+def test_an_untrained_model_scores_about_zero():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=128, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, vocab_size=320)).eval()
+    tok = get_tokenizer("byte")
+    hay = np.frombuffer(("the king is dead; long live the king. " * 400).encode(), dtype=np.uint8).astype(np.uint16)
+    res = probes.copying(model, hay, k=8, gaps=(16,), n=20)
+    assert res[16]["acc_second"] < 0.2
+    assert probes.passkey(model, tok, hay, [100], [0.0, 1.0], trials=5) == {(0.0, 100): 0.0, (1.0, 100): 0.0}
+
+
+def test_every_passkey_prompt_holds_its_answer_where_a_search_finds_it():
+    tok = get_tokenizer("byte")
+    hay = np.frombuffer(("words of the text, " * 2000).encode(), dtype=np.uint8).astype(np.uint16)
+    rng = np.random.default_rng(0)
+    query = tok.encode(probes.PASSWORD)
+    for depth in (0.0, 0.3, 1.0):
+        word = probes.passwords(tok, hay, rng, 1)[0]
+        ids, answer = probes.passkey_prompt(tok, hay, 120, depth, word, rng)
+        assert len(ids) == 120 and ids[-len(query):] == query and answer == tok.encode(" " + word)
+        # brute force: every place the question's words stand, and what follows them
+        hits = [i for i in range(len(ids) - len(query)) if ids[i:i + len(query)] == query]
+        assert len(hits) == 1 and ids[hits[0] + len(query):hits[0] + len(query) + len(answer)] == answer
+        assert len(word) == 5 and word.isalpha() and word.islower()
+    with pytest.raises(ValueError, match="cannot hold the needle"):
+        probes.passkey_prompt(tok, hay, 20, 0.5, "abcde", rng)
+
+
+def test_bpe_passwords_are_words_of_the_text():
+    try:
+        tok = get_tokenizer("gpt2")
+    except ValueError:
+        pytest.skip("GPT-2's BPE files are not available offline here")
+    text = "Now is the winter of our discontent made glorious summer by this sun of York. " * 50
+    hay = np.array(tok.encode(text), dtype=np.uint16)
+    words = probes.passwords(tok, hay, np.random.default_rng(0), 20)
+    assert set(words) <= {"winter", "discontent", "glorious", "summer"}
+
+
+def test_the_cli_probes_a_text_run_and_refuses_what_it_cannot_probe_in_one_line(tiny_ckpt, tmp_path):
+    src, data, out = tmp_path / "in.txt", tmp_path / "data", tmp_path / "out"
+    src.write_text("To be, or not to be, that is the question. " * 300, encoding="utf-8")
+    run_script("data/shakespeare_byte/prepare.py", "--input", str(src), "--out_dir", str(data))
+    run_script("train.py", "--dataset", str(data), "--n_layer", "1", "--n_head", "2", "--n_kv_head", "2",
+               "--n_embd", "32", "--block_size", "96", "--batch_size", "4", "--max_iters", "2",
+               "--eval_interval", "2", "--eval_iters", "1", "--device", "cpu", "--out_dir", str(out))
+    p = run_script("experiments/probes.py", "--out_dir", str(out), "--examples", "4", "--device", "cpu")
+    assert "copying random span 16 gap   16: accuracy first" in p.stdout and "passkey depth 1.00 length 88" in p.stdout
+    saved = json.load(open(out / "probes.json"))
+    assert saved["step"] == 2 and set(saved["copying"]) == {"random", "text"} and len(saved["passkey"]) == 6
+    for args, msg in [(["--out_dir", str(tiny_ckpt)], "was trained on the synthetic tasks"),
+                      (["--out_dir", str(tmp_path)], "no checkpoint at"),
+                      (["--out_dir", str(out), "--span", "50"], "need --span >= 2 with 8 + 2 x span + 16 <= block_size 96"),
+                      (["--out_dir", str(out), "--depths", "0,2"], "depths in [0, 1]")]:
+        p = run_script("experiments/probes.py", *args, "--device", "cpu", check=False)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], p.stderr

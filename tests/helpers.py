@@ -33,6 +33,18 @@ def run_script(*args, check=True, timeout=300):
     return p
 
 
+def tiny_text_run(folder, text, block_size, max_iters):
+    """Prepare `text` as a byte dataset in folder/data and train a tiny model on it into
+    folder/out, as a user would; returns the out folder."""
+    src, data, out = folder / "in.txt", folder / "data", folder / "out"
+    src.write_text(text, encoding="utf-8")
+    run_script("data/shakespeare_byte/prepare.py", "--input", str(src), "--out_dir", str(data))
+    run_script("train.py", "--dataset", str(data), "--n_layer", "1", "--n_head", "2", "--n_kv_head", "2",
+               "--n_embd", "32", "--block_size", str(block_size), "--batch_size", "4", "--max_iters", str(max_iters),
+               "--eval_interval", "2", "--eval_iters", "1", "--device", "cpu", "--out_dir", str(out))
+    return out
+
+
 def run_inprocess(script, *args):
     """Run `python <script> <args>` inside this process: the same code path, without the 2-3 s of
     a fresh Python and torch, for the checks that stop before training. Returns (exit code,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from experiments import probes
-from helpers import run_script
+from helpers import run_script, tiny_text_run
 from model import GPT, GPTConfig
 from tokenizer import get_tokenizer
 
@@ -104,12 +104,7 @@ def test_bpe_passwords_are_words_of_the_text():
 
 
 def test_the_cli_probes_a_text_run_and_refuses_what_it_cannot_probe_in_one_line(tiny_ckpt, tmp_path):
-    src, data, out = tmp_path / "in.txt", tmp_path / "data", tmp_path / "out"
-    src.write_text("To be, or not to be, that is the question. " * 300, encoding="utf-8")
-    run_script("data/shakespeare_byte/prepare.py", "--input", str(src), "--out_dir", str(data))
-    run_script("train.py", "--dataset", str(data), "--n_layer", "1", "--n_head", "2", "--n_kv_head", "2",
-               "--n_embd", "32", "--block_size", "96", "--batch_size", "4", "--max_iters", "2",
-               "--eval_interval", "2", "--eval_iters", "1", "--device", "cpu", "--out_dir", str(out))
+    out = tiny_text_run(tmp_path, "To be, or not to be, that is the question. " * 300, 96, 2)
     p = run_script("experiments/probes.py", "--out_dir", str(out), "--examples", "4", "--device", "cpu")
     assert "copying random span 16 gap   16: accuracy first" in p.stdout and "passkey depth 1.00 length 88" in p.stdout
     saved = json.load(open(out / "probes.json"))

@@ -11,7 +11,7 @@ import torch
 
 import tokenizer
 from experiments import niah
-from helpers import ROOT, run_script
+from helpers import ROOT, run_script, tiny_text_run
 
 TEXT = "".join(f"Line {i}: the quick brown fox, naïve café — jumps over {i * 7 % 13} lazy dogs.\n" for i in range(400))
 
@@ -147,12 +147,7 @@ def test_needle_evaluation_scores_a_reader_1_and_a_guesser_0():
 
 @pytest.mark.slow
 def test_train_on_text_then_ask_the_needle(tmp_path, tiny_ckpt):
-    src, data, out = tmp_path / "in.txt", tmp_path / "data", tmp_path / "out"
-    src.write_text(TEXT, encoding="utf-8")
-    run_script("data/shakespeare_byte/prepare.py", "--input", str(src), "--out_dir", str(data))
-    run_script("train.py", "--dataset", str(data), "--n_layer", "1", "--n_head", "2", "--n_kv_head", "2",
-               "--n_embd", "32", "--block_size", "160", "--batch_size", "4", "--max_iters", "4",
-               "--eval_interval", "2", "--eval_iters", "1", "--device", "cpu", "--out_dir", str(out))
+    out = tiny_text_run(tmp_path, TEXT, 160, 4)
     p = run_script("experiments/niah.py", "--out_dir", str(out), "--trials", "3", "--depths", "0,1")
     assert "| depth \\ tokens | 105 | 152 |" in p.stdout and "mean accuracy" in p.stdout
     assert os.path.getsize(out / "niah.png") > 5000

@@ -319,7 +319,8 @@ def evaluate_qa(model, seq_len, n_docs, answer_len=4, n_examples=500, seed=0, ba
 
 VAL_SEED = 2**31
 DATA, MASKS, SFT_SET, SFT_ORDER, SFT_MASKS, EVAL = range(6)  # train.py's streams
-SUITE, QA_TEST, PROBE = 7, 9, 11  # with VAL_SEED: compare.py's suite, compare_sft.py's questions, attention.py's probe
+SUITE, QA_TEST, PROBE, TEXT_PROBES = 7, 9, 11, 13  # with VAL_SEED: compare.py's suite, compare_sft.py's questions,
+#                                                  attention.py's probe, text.py's probes
 PROMPTS = 2**31  # with --seed: sample.py's held-out prompts
 
 

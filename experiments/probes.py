@@ -122,6 +122,15 @@ def passkey_prompt(tok, haystack, length, depth, word, rng):
                          tok.encode(PASSWORD), rng), answer
 
 
+def passkey_lengths(tok, T):
+    """The passkey's context lengths for a block of T tokens: a quarter of it (at least the needle,
+    the question and 16 tokens of haystack) and all of it but 8 tokens, left for the answer."""
+    shortest = 2 * len(tok.encode(PASSWORD)) + 16 + 8
+    if shortest + 8 > T:
+        raise ValueError(f"block_size {T} is too short for the passkey (at least {shortest + 8} tokens)")
+    return sorted({max(T // 4, shortest), T - 8})
+
+
 @torch.no_grad()
 def passkey(model, tok, haystack, lengths, depths, trials=20, seed=0, device="cpu"):
     """{(depth, length): share of trials whose greedy continuation starts with the password's ids}."""
@@ -168,12 +177,10 @@ def main(argv=None):
         depths = [float(d) for d in args.depths.split(",")]
         T = ckpt["model_args"]["block_size"]
         gaps = [g for g in (16, 64, 128, 256, 512) if LEAD + 2 * args.span + g <= T]
-        shortest = 2 * len(tok.encode(PASSWORD)) + 16 + 8  # needle, question, 16 of haystack, an answer
-        if not gaps or shortest + 8 > T or args.span < 2 or args.examples < 1 or \
-                not all(0 <= d <= 1 for d in depths):
+        lengths = passkey_lengths(tok, T)
+        if not gaps or args.span < 2 or args.examples < 1 or not all(0 <= d <= 1 for d in depths):
             raise ValueError(f"need --span >= 2 with {LEAD} + 2 x span + 16 <= block_size {T}, --examples >= 1 "
                              f"and depths in [0, 1] (got {args.span}, {args.examples}, {args.depths})")
-        lengths = sorted({max(T // 4, shortest), T - 8})  # room for an answer of up to 8 tokens
         dev = next(model.parameters()).device
         res = {kind: copying(model, haystack, args.span, gaps, kind, args.examples, args.seed, dev)
                for kind in ("random", "text")}

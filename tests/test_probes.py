@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments import probes
+from experiments import probes, text
 from helpers import run_script, tiny_text_run
 from model import GPT, GPTConfig
 from tokenizer import get_tokenizer
@@ -116,3 +116,47 @@ def test_the_cli_probes_a_text_run_and_refuses_what_it_cannot_probe_in_one_line(
         p = run_script("experiments/probes.py", *args, "--device", "cpu", check=False)
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], p.stderr
+
+
+# --- experiments/text.py: the NTP vs MEAP grid on text ---
+
+@pytest.mark.slow
+def test_text_grid_trains_in_stages_probes_and_reports_from_runs_json(tmp_path):
+    data = tiny_text_run(tmp_path, "the king is dead, long live the queen. " * 500, 96, 2).parent / "data"
+    out = tmp_path / "grid"
+    p = run_script("experiments/text.py", "--preset", "tiny", "--set", f"dataset={data}", "--out", str(out))
+    assert "[4/4]" in p.stdout and "| 0.15 |" in p.stdout
+    run = out / "runs" / "r0.15_s1"
+    assert sorted(f.name for f in run.glob("probes_*.json")) == ["probes_3.json", "probes_6.json"]
+    # the staged run is the uninterrupted one (resuming is bit-exact, on the whole run's lr schedule)
+    settings = dict(text.PRESETS["tiny"]["train"], dataset=str(data))
+    run_script("train.py", *[f"--{k}={v}" for k, v in settings.items()], "--mask_ratio", "0.15", "--seed", "1",
+               "--out_dir", str(tmp_path / "direct"))
+    staged, direct = ([json.loads(line) for line in open(d / "metrics.jsonl")] for d in (run, tmp_path / "direct"))
+    assert [e["iter"] for e in staged if "val_loss" in e] == [0, 3, 6]
+    assert [e for e in staged if "val_loss" in e] == [e for e in direct if "val_loss" in e]
+    runs = json.load(open(out / "runs.json"))["runs"]
+    assert len(runs) == 4 and all({"val_loss", "copy_random", "passkey", "curve", "passkey_grid"} <= set(r) for r in runs)
+    md = (out / "results.md").read_text()
+    alone = tmp_path / "alone"  # the report is a function of grid.json and runs.json alone
+    alone.mkdir()
+    for f in ("grid.json", "runs.json"):
+        (alone / f).write_text((out / f).read_text())
+    run_script("experiments/text.py", "--report", str(alone))
+    assert (alone / "results.md").read_text() == md and (alone / "results.png").stat().st_size > 10_000
+    p = run_script("experiments/text.py", "--preset", "tiny", "--set", "dataset=nowhere", "--out", str(tmp_path / "x"),
+                   check=False)
+    assert p.returncode == 1 and p.stderr.strip() == ("error: data/nowhere/train.bin not found; prepare it first: "
+                                                      "python data/nowhere/prepare.py")
+
+
+@pytest.mark.slow
+def test_text_gpu_preset_trains_at_a_tiny_width_on_cpu(tmp_path):
+    data = tiny_text_run(tmp_path, "the king is dead, long live the queen. " * 500, 96, 2).parent / "data"
+    tiny = ["n_layer=1", "n_head=2", "n_kv_head=2", "n_embd=32", "batch_size=2", "eval_interval=2", "eval_iters=1",
+            "device=cpu", f"dataset={data}"]
+    p = run_script("experiments/text.py", "--preset", "gpu", "--ratios", "0,0.15", "--seeds", "1", "--stages", "2",
+                   "--examples", "2", "--out", str(tmp_path / "g"), "--set", *tiny)
+    assert "[2/2]" in p.stdout and "| 0.15 |" in p.stdout
+    grid = json.load(open(tmp_path / "g" / "grid.json"))
+    assert grid["settings"]["block_size"] == "512" and grid["stages"] == [2]

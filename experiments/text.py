@@ -1,0 +1,262 @@
+"""
+NTP vs MEAP on natural text, the paper's actual setting: models pre-trained on ordinary text (no
+retrieval task in the data), then probed zero-shot for the use of their context (probes.py).
+
+    python data/shakespeare_byte/prepare.py               # once: tiny Shakespeare, one token per byte
+    python experiments/text.py --preset cpu               # the CPU grid (see PRESETS for its cost)
+    python experiments/text.py --preset gpu               # a larger model and more tokens, one GPU
+    python experiments/text.py --report results/text-cpu  # rewrite the report from runs.json alone
+
+Every run of a grid differs from the NTP run of its seed only in mask_ratio (same weights at init,
+same data order, same steps). A run trains in stages (train.py --max_iters S, then resumed to the
+next S, with the learning-rate schedule of the whole run: resuming is bit-exact), and after each
+stage the copying probe is run on its checkpoint, so the report has the probe over training and the
+first stage at which it passes 50%. After the last stage: the passkey grid and the clean val loss.
+Per-run numbers go into OUT/runs.json; the report (results.md, results.png) is a function of it and
+grid.json alone. Checkpoints are not committed.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+
+import tasks  # noqa: E402
+from experiments import probes  # noqa: E402
+from experiments.common import (apply_set, claim_out, in_parallel, interrupted, load_runs, mean_sd,  # noqa: E402
+                                parse_list, read_json, record_runs, save_png, seeds_of, summary, train,
+                                write_json, write_text)
+from experiments.compare import MEAP_DEFAULTS, run_name  # noqa: E402
+
+SEED = [tasks.VAL_SEED, tasks.TEXT_PROBES]  # the probes' held-out draws
+PRESETS = {
+    # 2 cores: 12 runs, two at a time
+    "cpu": dict(train=dict(dataset="shakespeare_byte", block_size=256, batch_size=16, n_layer=2, n_head=4,
+                           n_kv_head=4, n_embd=128, learning_rate=3e-3, min_lr=3e-4, warmup_iters=100,
+                           eval_interval=200, eval_iters=10, log_interval=100, device="cpu", dtype="float32",
+                           max_iters=1200, **MEAP_DEFAULTS),
+                stages=(200, 400, 800, 1200), ratios=(0.0, 0.05, 0.10, 0.15), seeds=(1, 2, 3), jobs=2, threads=1,
+                examples=100),
+    # one GPU: a 6-layer, 384-wide model on 512-byte contexts, 30M tokens per run; not yet run
+    "gpu": dict(train=dict(dataset="shakespeare_byte", block_size=512, batch_size=64, n_layer=6, n_head=6,
+                           n_kv_head=6, n_embd=384, learning_rate=1e-3, min_lr=1e-4, warmup_iters=200,
+                           eval_interval=250, eval_iters=20, log_interval=100, device="auto", max_iters=1000,
+                           **MEAP_DEFAULTS),
+                stages=(250, 500, 750, 1000), ratios=(0.0, 0.05, 0.10, 0.15), seeds=(1, 2, 3), jobs=1, threads=0,
+                examples=200),
+    # seconds: for the tests (give --set dataset=PATH of a prepared byte dataset)
+    "tiny": dict(train=dict(dataset="shakespeare_byte", block_size=96, batch_size=4, n_layer=1, n_head=2,
+                            n_kv_head=2, n_embd=32, warmup_iters=1, eval_interval=3, eval_iters=1, log_interval=1,
+                            device="cpu", max_iters=6, **MEAP_DEFAULTS),
+                 stages=(3, 6), ratios=(0.0, 0.15), seeds=(1, 2), jobs=1, threads=1, examples=4),
+}
+SPAN = 16  # tokens of the repeated span
+
+
+def gaps_of(T):
+    """The copying probe's gaps that fit a block of T tokens."""
+    return [g for g in (16, 64, 128, 256) if probes.LEAD + 2 * SPAN + g <= T]
+
+
+def do_run(run_dir, ratio, seed, settings, stages, threads, examples):
+    """Train one run stage by stage, probing copying after each; then the passkey grid. Writes
+    run_dir/probes_S.json per stage and run_dir/suite.json at the end; returns the suite."""
+    run_dir = os.path.abspath(run_dir)
+    if threads:
+        torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() and str(settings.get("device")).startswith(("auto", "cuda")) else "cpu"
+    T = int(settings["block_size"])
+    curve = []
+    for S in stages:
+        path = os.path.join(run_dir, f"probes_{S}.json")
+        if not os.path.exists(path):  # train to S (resuming from the last stage), then probe step S
+            train(run_dir, ratio, seed, dict(settings, max_iters=S, lr_decay_iters=stages[-1]), threads)
+            model, _, hay, _ = probes.load(run_dir, device)
+            write_json(path, {kind: probes.copying(model, hay, SPAN, gaps_of(T), kind, examples, SEED, device)
+                              for kind in ("random", "text")})
+        curve.append([S, read_json(path)])  # {kind: {gap (str): {acc_first, acc_second, loss_first, ...}}}
+    model, tok, hay, _ = probes.load(run_dir, device)
+    pk = probes.passkey(model, tok, hay, probes.passkey_lengths(tok, T), [0.0, 0.5, 1.0], examples, SEED, device)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        evals = [m for m in map(json.loads, f) if "val_loss" in m]
+    gap = str(max(gaps_of(T)))
+    final = curve[-1][1]
+    res = {"val_loss": evals[-1]["val_loss"],
+           "copy_random": final["random"][gap]["acc_second"],
+           "copy_random_gain": final["random"][gap]["acc_second"] - final["random"][gap]["acc_first"],
+           "copy_text_gain": final["text"][gap]["acc_second"] - final["text"][gap]["acc_first"],
+           "passkey": float(np.mean(list(pk.values()))),
+           "steps_to_50": next((S for S, c in curve if c["random"][gap]["acc_second"] >= 0.5), float("nan")),
+           "curve": curve,
+           "passkey_grid": [{"depth": d, "length": L, "acc": a} for (d, L), a in pk.items()],
+           "evals": [{"iter": m["iter"], "val_loss": m["val_loss"]} for m in evals]}
+    write_json(os.path.join(run_dir, "suite.json"), res)
+    return res
+
+
+def run_grid(out, ratios, seeds, settings, stages, jobs, threads, examples):
+    """Every (ratio, seed) without a suite.json, `jobs` at a time; {(ratio, seed): suite}."""
+    todo, results = [], {}
+    for seed in seeds:
+        for r in ratios:
+            path = os.path.join(out, "runs", run_name(r, seed))
+            if os.path.exists(os.path.join(path, "suite.json")):
+                results[(r, seed)] = read_json(os.path.join(path, "suite.json"))
+            else:
+                todo.append((r, seed, path))
+    if results:
+        print(f"reusing {len(results)} finished run(s) in {out}/runs")
+
+    def describe(job, res):
+        return (f"mask_ratio {job[0]:.2f} seed {job[1]}: val loss {res['val_loss']:.4f} | copying {res['copy_random']:.3f}"
+                f" (gain {res['copy_random_gain']:+.3f}) | passkey {res['passkey']:.2f}")
+
+    finished = in_parallel(lambda job: do_run(job[2], job[0], job[1], settings, stages, threads, examples), todo,
+                           jobs, describe, eta_label="grid eta")
+    results.update({(r, seed): res for (r, seed, _), res in finished})
+    return results
+
+
+# -----------------------------------------------------------------------------
+# the report: a pure function of runs.json and grid.json
+
+COLUMNS = [  # (suite key, column title, format)
+    ("val_loss", "clean val loss", "{:.4f}"),
+    ("copy_random", "copying: 2nd copy accuracy (random span)", "{:.3f}"),
+    ("copy_random_gain", "copying: 2nd - 1st (random)", "{:+.3f}"),
+    ("copy_text_gain", "copying: 2nd - 1st (text span)", "{:+.3f}"),
+    ("passkey", "passkey", "{:.3f}"),
+    ("steps_to_50", "step copying passes 0.5", "{:.0f}"),
+]
+
+
+def figure(results, ratios, seeds):
+    """Copying accuracy (random spans, the largest gap) over training, per mask ratio, against the
+    first copy; and the passkey accuracy by depth x length for NTP and the largest MEAP ratio."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(15, 4.2))
+    ax, *heat = fig.subplots(1, 3)
+    colors = colormaps["viridis"](np.linspace(0, 0.9, len(ratios)))
+    for r, c in zip(ratios, colors):
+        runs = [results[(r, s)] for s in seeds_of(results, r, seeds)]
+        steps = [S for S, _ in runs[0]["curve"]]
+        gap = max(runs[0]["curve"][0][1]["random"], key=int)
+        for which, ls in (("acc_second", "-"), ("acc_first", ":")):
+            m = np.mean([[c_["random"][gap][which] for _, c_ in run["curve"]] for run in runs], axis=0)
+            ax.plot(steps, m, ls, color=c, marker="o" if ls == "-" else None,
+                    label=("NTP" if r == 0 else f"MEAP {r:.2f}") + (", 2nd copy" if ls == "-" else ", 1st copy"))
+    ax.set(title=f"zero-shot copying (random {SPAN}-token span, gap {gap})", xlabel="step",
+           ylabel="accuracy (mean over seeds)", ylim=(-0.02, 1.02))
+    ax.legend(fontsize=7)
+    for a, r in zip(heat, (ratios[0], ratios[-1])):
+        runs = [results[(r, s)] for s in seeds_of(results, r, seeds)]
+        depths = sorted({p["depth"] for p in runs[0]["passkey_grid"]})
+        lengths = sorted({p["length"] for p in runs[0]["passkey_grid"]})
+        acc = {(p["depth"], p["length"]): [] for p in runs[0]["passkey_grid"]}
+        for run in runs:
+            for p in run["passkey_grid"]:
+                acc[(p["depth"], p["length"])].append(p["acc"])
+        grid = np.array([[np.mean(acc[(d, L)]) for L in lengths] for d in depths])
+        im = a.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+        for (i, j), v in np.ndenumerate(grid):
+            a.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)
+        a.set_xticks(range(len(lengths)), [str(L) for L in lengths])
+        a.set_yticks(range(len(depths)), [f"{d:.2f}" for d in depths])
+        a.set(title=f"passkey: {'NTP' if r == 0 else f'MEAP {r:.2f}'}", xlabel="context (tokens)", ylabel="depth")
+    fig.colorbar(im, ax=heat, label="exact match")
+    return fig
+
+
+def report(out):
+    """Write out/results.md and out/results.png from out/grid.json and out/runs.json alone."""
+    grid = read_json(os.path.join(out, "grid.json"))
+    data, results = load_runs(out)
+    ratios, seeds = sorted({r for r, _ in results}), sorted({s for _, s in results})
+    md = summary(results, ratios, seeds, COLUMNS)
+    lines = ["\nCopying accuracy on the 2nd copy of a random span by step and gap, mean over seeds "
+             "(the 1st copy in brackets: what the model gets without copying).\n"]
+    some = results[(ratios[0], seeds_of(results, ratios[0], seeds)[0])]
+    gaps = list(some["curve"][0][1]["random"])
+    lines += ["| mask_ratio | step | " + " | ".join(f"gap {g}" for g in gaps) + " |\n", "|---" * (len(gaps) + 2) + "|\n"]
+    for r in ratios:
+        runs = [results[(r, s)] for s in seeds_of(results, r, seeds)]
+        for k, (S, _) in enumerate(runs[0]["curve"]):
+            cell = [f"{mean_sd([run['curve'][k][1]['random'][g]['acc_second'] for run in runs])[0]:.3f} "
+                    f"({mean_sd([run['curve'][k][1]['random'][g]['acc_first'] for run in runs])[0]:.3f})" for g in gaps]
+            lines.append(f"| {r:.2f} | {S} | " + " | ".join(cell) + " |\n")
+    commands = "\n".join(f"`{c}`" for c in data["commands"])
+    settings = ", ".join(f"{k}={v}" for k, v in grid["settings"].items() if k in (
+        "dataset", "n_layer", "n_embd", "block_size", "batch_size", "learning_rate"))
+    write_text(os.path.join(out, "results.md"), f"{commands}\n\n{settings}, stages {grid['stages']}. Per-run data: "
+               f"[runs.json](runs.json), from which `python experiments/text.py --report DIR` rewrites this file "
+               f"and results.png.\n\n{md}{''.join(lines)}")
+    save_png(figure(results, ratios, seeds), os.path.join(out, "results.png"))
+    return md + "".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# the command line
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="NTP vs MEAP on natural text, probed zero-shot (see the docstring).")
+    ap.add_argument("--preset", default="cpu", help=f"one of {', '.join(PRESETS)}")
+    ap.add_argument("--out", default=None, help="results folder (default results/text-PRESET)")
+    ap.add_argument("--ratios", default=None, help="comma-separated mask ratios; 0 (NTP) is the baseline")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds")
+    ap.add_argument("--stages", default=None, help="comma-separated steps at which to probe; the last is the run's length")
+    ap.add_argument("--examples", type=int, default=None, help="probe sequences per gap, passkey trials per cell")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.py settings for every run")
+    ap.add_argument("--report", default=None, metavar="DIR", help="only rewrite DIR's report from DIR/runs.json")
+    ap.error = lambda msg: sys.exit(f"error: {msg} (python experiments/text.py --help lists the options)")
+    args = ap.parse_args(argv)
+    if args.report:
+        for name in ("grid.json", "runs.json"):
+            if not os.path.exists(os.path.join(args.report, name)):
+                raise SystemExit(f"error: {args.report} has no {name}; --report takes a folder text.py wrote")
+        print(report(args.report))
+        print(f"wrote {args.report}/results.md and {args.report}/results.png")
+        return
+    if args.preset not in PRESETS:
+        raise SystemExit(f"error: unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    p = PRESETS[args.preset]
+    fixed = ("mask_ratio", "seed", "out_dir", "init_from", "max_iters", "lr_decay_iters")
+    settings = apply_set(p["train"], args.set, fixed, "--ratios/--seeds/--out (the stages set max_iters)")
+    ratios = parse_list(args.ratios, float) if args.ratios is not None else p["ratios"]
+    seeds = parse_list(args.seeds, int) if args.seeds is not None else p["seeds"]
+    stages = parse_list(args.stages, int) if args.stages is not None else p["stages"]
+    examples = p["examples"] if args.examples is None else args.examples
+    if not all(0 <= r < 1 for r in ratios) or min(seeds) < 0 or examples < 1 or \
+            list(stages) != sorted(set(stages)) or stages[0] < 1:
+        raise SystemExit(f"error: need --ratios in [0, 1), --seeds >= 0, --examples >= 1 and increasing --stages >= 1 "
+                         f"(got {ratios}, {seeds}, {examples} and {stages})")
+    data = os.path.join("data", str(settings["dataset"]), "train.bin")
+    if not os.path.exists(data):
+        raise SystemExit(f"error: {data} not found; prepare it first: python data/{settings['dataset']}/prepare.py")
+    if not gaps_of(int(settings["block_size"])):
+        raise SystemExit(f"error: block_size {settings['block_size']} is too short for the copying probe "
+                         f"(at least {probes.LEAD + 2 * SPAN + 16})")
+    out = args.out or os.path.join("results", f"text-{args.preset}")
+    claim_out(out, {"settings": {k: str(v) for k, v in settings.items()}, "stages": list(stages), "examples": examples})
+    print(f"text: {len(ratios) * len(seeds)} runs ({len(ratios)} mask ratios x {len(seeds)} seeds), "
+          f"{p['jobs']} at a time, in {out}")
+    t0 = time.time()
+    try:
+        results = run_grid(out, ratios, seeds, settings, stages, p["jobs"], p["threads"], examples)
+    except KeyboardInterrupt:
+        interrupted(out)
+    record_runs(out, results, " ".join(["python experiments/text.py"] + (argv if argv is not None else sys.argv[1:])))
+    print(report(out))
+    print(f"wrote {out}/runs.json, {out}/results.md and {out}/results.png | {(time.time() - t0) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from experiments import probes, text
-from helpers import run_script, tiny_text_run
+from helpers import run_inprocess, run_script, tiny_text_run
 from model import GPT, GPTConfig
 from tokenizer import get_tokenizer
 
@@ -113,9 +113,9 @@ def test_the_cli_probes_a_text_run_and_refuses_what_it_cannot_probe_in_one_line(
                       (["--out_dir", str(tmp_path)], "no checkpoint at"),
                       (["--out_dir", str(out), "--span", "50"], "need --span >= 2 with 8 + 2 x span + 16 <= block_size 96"),
                       (["--out_dir", str(out), "--depths", "0,2"], "depths in [0, 1]")]:
-        p = run_script("experiments/probes.py", *args, "--device", "cpu", check=False)
-        lines = p.stderr.strip().splitlines()
-        assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], p.stderr
+        code, _, err = run_inprocess("experiments/probes.py", *args, "--device", "cpu")
+        lines = err.strip().splitlines()
+        assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], err
 
 
 # --- experiments/text.py: the NTP vs MEAP grid on text ---

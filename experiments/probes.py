@@ -31,6 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 import configurator  # noqa: E402
+import tasks  # noqa: E402
 from experiments.common import write_json  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from tokenizer import for_meta  # noqa: E402
@@ -145,6 +146,29 @@ def passkey(model, tok, haystack, lengths, depths, trials=20, seed=0, device="cp
                 hits += out[0, L:].tolist() == answer
             res[(d, L)] = hits / trials
     return res
+
+
+@torch.no_grad()
+def attention_on_text(model, haystack, mask_token_id, n=50, mask_ratio=0.15, seed=0):
+    """The paper's paired attention metrics (§5) on held-out text: n windows of block_size tokens,
+    clean and with mask_ratio of their positions masked as MEAP masks them. Returns score_change,
+    var_change and var_change_renorm (experiments/attention.py), and on the clean windows the mean
+    normalised entropy and the share on the first token (sink)."""
+    from experiments import attention  # (imported here: the probes above need none of it)
+    from mask import meap_inputs
+
+    T, rng = model.config.block_size, np.random.default_rng(seed)
+    if len(haystack) <= T:
+        raise ValueError(f"the held-out text holds {len(haystack)} tokens, fewer than a window of {T}")
+    starts = rng.integers(len(haystack) - T, size=n)
+    x = torch.from_numpy(np.stack([np.asarray(haystack[s:s + T], dtype=np.int64) for s in starts]))  # (n, T)
+    xm, mask = meap_inputs(x, mask_ratio, mask_token_id, generator=tasks.torch_generator(rng))
+    _, att_n = attention.attention_maps(model, x)
+    _, att_m = attention.attention_maps(model, xm)
+    return {"score_change": attention.masked_score_change(att_n, att_m, mask),
+            "var_change": attention.unmasked_variance_change(att_n, att_m, mask),
+            "var_change_renorm": attention.unmasked_variance_change(att_n, attention.drop_masked(att_n, mask), mask),
+            "entropy": torch.nanmean(attention.entropy(att_n)).item(), "sink": attention.sink_share(att_n)}
 
 
 def load(out_dir, device="auto"):

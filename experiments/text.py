@@ -81,7 +81,8 @@ def do_run(run_dir, ratio, seed, settings, stages, threads, examples):
             write_json(path, {kind: probes.copying(model, hay, SPAN, gaps_of(T), kind, examples, SEED, device)
                               for kind in ("random", "text")})
         curve.append([S, read_json(path)])  # {kind: {gap (str): {acc_first, acc_second, loss_first, ...}}}
-    model, tok, hay, _ = probes.load(run_dir, device)
+    model, tok, hay, ckpt = probes.load(run_dir, device)
+    att = probes.attention_on_text(model, hay, ckpt["mask_token_id"], examples, seed=SEED)
     pk = probes.passkey(model, tok, hay, probes.passkey_lengths(tok, T), [0.0, 0.5, 1.0], examples, SEED, device)
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         evals = [m for m in map(json.loads, f) if "val_loss" in m]
@@ -92,6 +93,7 @@ def do_run(run_dir, ratio, seed, settings, stages, threads, examples):
            "copy_random_gain": final["random"][gap]["acc_second"] - final["random"][gap]["acc_first"],
            "copy_text_gain": final["text"][gap]["acc_second"] - final["text"][gap]["acc_first"],
            "passkey": float(np.mean(list(pk.values()))),
+           **att,
            "steps_to_50": next((S for S, c in curve if c["random"][gap]["acc_second"] >= 0.5), float("nan")),
            "curve": curve,
            "passkey_grid": [{"depth": d, "length": L, "acc": a} for (d, L), a in pk.items()],
@@ -133,6 +135,13 @@ COLUMNS = [  # (suite key, column title, format)
     ("copy_text_gain", "copying: 2nd - 1st (text span)", "{:+.3f}"),
     ("passkey", "passkey", "{:.3f}"),
     ("steps_to_50", "step copying passes 0.5", "{:.0f}"),
+]
+ATTENTION = [  # the paper's §5 metrics on held-out text, clean against a copy masked at 0.15
+    ("score_change", "masked score change", "{:+.3f}"),
+    ("var_change", "unmasked variance change", "{:+.3f}"),
+    ("var_change_renorm", "(renormalising alone)", "{:+.3f}"),
+    ("entropy", "mean entropy", "{:.3f}"),
+    ("sink", "sink (first token)", "{:.3f}"),
 ]
 
 
@@ -181,6 +190,8 @@ def report(out):
     data, results = load_runs(out)
     ratios, seeds = sorted({r for r, _ in results}), sorted({s for _, s in results})
     md = summary(results, ratios, seeds, COLUMNS)
+    md += ("\nAttention (the paper's §5) on held-out text: each checkpoint on clean windows and on copies with "
+           "15% of the positions masked (experiments/attention.py's metrics). " + summary(results, ratios, seeds, ATTENTION))
     lines = ["\nCopying accuracy on the 2nd copy of a random span by step and gap, mean over seeds "
              "(the 1st copy in brackets: what the model gets without copying).\n"]
     some = results[(ratios[0], seeds_of(results, ratios[0], seeds)[0])]

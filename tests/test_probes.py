@@ -75,6 +75,16 @@ def test_an_untrained_model_scores_about_zero():
     assert probes.passkey(model, tok, hay, [100], [0.0, 1.0], trials=5) == {(0.0, 100): 0.0, (1.0, 100): 0.0}
 
 
+def test_attention_on_text_gives_the_papers_metrics_on_masked_copies():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, vocab_size=320)).eval()
+    res = probes.attention_on_text(model, haystack()[:5000] % 256, mask_token_id=256, n=8)
+    assert set(res) == {"score_change", "var_change", "var_change_renorm", "entropy", "sink"}
+    assert all(np.isfinite(v) for v in res.values()) and 0 < res["entropy"] <= 1 and 0 < res["sink"] < 1
+    with pytest.raises(ValueError, match="fewer than a window of 64"):
+        probes.attention_on_text(model, haystack()[:50], mask_token_id=256)
+
+
 def test_every_passkey_prompt_holds_its_answer_where_a_search_finds_it():
     tok = get_tokenizer("byte")
     hay = np.frombuffer(("words of the text, " * 2000).encode(), dtype=np.uint8).astype(np.uint16)

@@ -11,7 +11,8 @@ Every run of a grid differs from the NTP run of its seed only in mask_ratio (sam
 same data order, same steps). A run trains in stages (train.py --max_iters S, then resumed to the
 next S, with the learning-rate schedule of the whole run: resuming is bit-exact), and after each
 stage the copying probe is run on its checkpoint, so the report has the probe over training and the
-first stage at which it passes 50%. After the last stage: the passkey grid and the clean val loss.
+first stage at which it passes 50%. After the last stage: the passkey grid, the clean val loss, and
+the paper's attention metrics (§5) on held-out text, clean against masked copies.
 Per-run numbers go into OUT/runs.json; the report (results.md, results.png) is a function of it and
 grid.json alone. Checkpoints are not committed.
 """
@@ -65,7 +66,8 @@ def gaps_of(T):
 
 
 def do_run(run_dir, ratio, seed, settings, stages, threads, examples):
-    """Train one run stage by stage, probing copying after each; then the passkey grid. Writes
+    """Train one run stage by stage, probing copying after each; then the passkey grid and the
+    paper's attention metrics on held-out text. Writes
     run_dir/probes_S.json per stage and run_dir/suite.json at the end; returns the suite."""
     run_dir = os.path.abspath(run_dir)
     if threads:

@@ -5,6 +5,7 @@ positions and writing [MASK] into the input, so the MEAP/NTP ratio should be abo
 
     python bench.py                              # train.py's default model, a larger one, GPT-2 small (GPU only)
     python bench.py --configs default,gpt2 --compile true          # on a GPU: compiled
+    python bench.py --reference ../nanoGPT       # our model's forward+backward beside another model.py's
 
 Each step is what train.py does: generate a synthetic batch, mask it (MEAP only), copy it to the
 device, forward, backward, clip, AdamW. The two objectives alternate in short blocks of steps on
@@ -13,6 +14,11 @@ block, and the MEAP/NTP ratio as the median and quartiles of the ratios of paire
 busy or throttling machine the quartiles show how much of a difference is noise.
 """
 
+import contextlib
+import dataclasses
+import importlib.util
+import io
+import os
 import statistics
 import sys
 import time
@@ -35,6 +41,7 @@ steps = 5  # steps per timed block; blocks of NTP and MEAP alternate
 seconds = 20.0  # timed seconds per objective (and at least 3 blocks each)
 warmup = 3  # untimed steps per objective first
 mask_ratio = 0.15  # MEAP's ratio
+reference = ""  # a folder with another model.py (a nanoGPT checkout): time its forward+backward beside ours
 # -----------------------------------------------------------------------------
 configurator.apply(sys.argv[1:], globals())
 
@@ -131,7 +138,75 @@ def bench(name, cfg):
             f"{'-' if mfu is None else f'{mfu * 100:.1f}%'} |")
 
 
+# --reference: the same shapes through another model.py (the issue's two: train.py's default, and 4 layers
+# on 256 tokens), forward and backward only, so that the comparison is of the models alone
+SHAPES = {"default": CONFIGS["default"], "4x128, 256 tokens": dict(n_layer=4, n_head=4, n_embd=128, block_size=256,
+                                                                   batch_size=12)}
+
+
+def load_reference(folder):
+    """GPT and GPTConfig of folder/model.py, imported under a name of their own."""
+    path = os.path.join(folder, "model.py")
+    if not os.path.isfile(path):
+        sys.exit(f"error: --reference {folder}: no model.py there (give the folder of a nanoGPT checkout)")
+    spec = importlib.util.spec_from_file_location("reference_model", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        return module.GPT, module.GPTConfig
+    except Exception as e:  # whatever that file does wrong
+        sys.exit(f"error: --reference {path}: cannot import GPT and GPTConfig from it ({type(e).__name__}: {e})")
+
+
+def compare_reference(RefGPT, RefConfig, cfg):
+    """A table row: our model and the reference at the shape cfg, forward+backward, alternating blocks."""
+    torch.manual_seed(0)
+    B, T = cfg["batch_size"], cfg["block_size"]
+    ours = GPT(model_config(cfg)).to(device)
+    wanted = dict(block_size=T, vocab_size=192, n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
+                  dropout=0.0, bias=False)
+    fields = {f.name for f in dataclasses.fields(RefConfig)}
+    with contextlib.redirect_stdout(io.StringIO()):  # nanoGPT prints its parameter count
+        ref = RefGPT(RefConfig(**{k: v for k, v in wanted.items() if k in fields})).to(device)
+    x, y = torch.randint(0, 160, (B, T), device=device), torch.randint(0, 160, (B, T), device=device)
+
+    def step(model):
+        with ctx:
+            _, loss = model(x, y)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    for model in (ours, ref):
+        for _ in range(warmup):
+            step(model)
+    times = {"ours": [], "reference": []}
+    while len(times["ours"]) < 3 or sum(times["ours"]) * steps < seconds:
+        for k, model in (("ours", ours), ("reference", ref)):
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step(model)
+            sync()
+            times[k].append((time.perf_counter() - t0) / steps)
+    paired = [a / b for a, b in zip(times["ours"], times["reference"])]
+    lo, mid, hi = statistics.quantiles(paired, n=4, method="inclusive")
+    n_ours, n_ref = (sum(p.numel() for p in m.parameters()) for m in (ours, ref))  # every parameter, both alike
+    return (f"| {cfg['n_layer']}x{cfg['n_embd']}, {cfg['n_head']} heads | {B}x{T} | {n_ours / 1e6:.2f}M | "
+            f"{n_ref / 1e6:.2f}M | {statistics.median(times['ours']) * 1e3:.1f} | "
+            f"{statistics.median(times['reference']) * 1e3:.1f} | {mid:.3f} [{lo:.3f}, {hi:.3f}] |")
+
+
 name = torch.cuda.get_device_name(device) if device_type == "cuda" else f"{device_type}, {torch.get_num_threads()} threads"
+if reference:
+    RefGPT, RefConfig = load_reference(reference)
+    print(f"device: {name} | {dtype} | torch {torch.__version__} | forward+backward of model.py and "
+          f"{os.path.join(reference, 'model.py')} at the same shapes, blocks of {steps} alternating; "
+          f"ours/reference: median [quartiles] of paired blocks")
+    print("| shape | batch | params (ours) | params (reference) | ours ms | reference ms | ours/reference |")
+    print("|---|---|---|---|---|---|---|")
+    for cfg in SHAPES.values():
+        print(compare_reference(RefGPT, RefConfig, cfg), flush=True)
+    sys.exit(0)
 print(f"device: {name} | {dtype} | compile {compile} | torch {torch.__version__} | "
       f"blocks of {steps} steps, >= {seconds:g} s per objective; ms/step: median block; "
       f"MEAP/NTP: median [quartiles] of paired blocks")

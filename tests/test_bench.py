@@ -1,4 +1,6 @@
-from helpers import run_script
+import os
+
+from helpers import ROOT, run_script
 
 
 def test_bench_prints_a_row_per_config_and_marks_what_it_cannot_measure():
@@ -12,3 +14,15 @@ def test_bench_prints_a_row_per_config_and_marks_what_it_cannot_measure():
     assert rows[2].startswith("| gpt2 | 123.59M | 16x1024 | not measured: needs a CUDA GPU")
     p = run_script("bench.py", "--configs", "huge", check=False)
     assert p.returncode != 0 and p.stderr.strip() == "error: unknown config 'huge'; choose from default, larger, gpt2"
+
+
+def test_reference_times_another_model_py_at_the_same_shapes(tmp_path):
+    """--reference FOLDER imports FOLDER/model.py (here: a copy of ours) and prints one row per shape."""
+    (tmp_path / "model.py").write_text(open(os.path.join(ROOT, "model.py")).read())
+    p = run_script("bench.py", "--reference", str(tmp_path), "--seconds", "0.05", "--steps", "1", "--warmup", "0",
+                   "--device", "cpu")
+    rows = [line.split(" | ") for line in p.stdout.splitlines() if line.startswith("| ") and "x" in line.split(" | ")[1]]
+    assert [r[0] for r in rows] == ["| 2x128, 4 heads", "| 4x128, 4 heads"] and [r[1] for r in rows] == ["32x64", "12x256"]
+    assert all(r[2] == r[3] for r in rows)  # the same model: the same parameters
+    p = run_script("bench.py", "--reference", str(tmp_path / "nowhere"), check=False)
+    assert p.returncode == 1 and "no model.py there" in p.stderr

@@ -153,7 +153,7 @@ def figure(results, ratios, seeds):
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(15, 4.2))
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
     ax, *heat = fig.subplots(1, 3)
     colors = colormaps["viridis"](np.linspace(0, 0.9, len(ratios)))
     for r, c in zip(ratios, colors):

@@ -120,7 +120,7 @@ def test_against_pairs_two_grids_and_copies_identical_ntp_runs(tmp_path):
 def test_every_committed_result_is_a_function_of_its_per_run_data(tmp_path):
     """Each results/ folder's results.md (and attention.md) is what its report writes from its
     runs.json (attention.json) alone, byte for byte: nothing in them was edited or left stale."""
-    from experiments import attention, compare_sft
+    from experiments import attention, compare_sft, text
     results = os.path.join(ROOT, "results")
     shutil.copytree(results, tmp_path / "results", ignore=shutil.ignore_patterns("runs", "base", "*.png"))
     checked = 0
@@ -132,15 +132,18 @@ def test_every_committed_result_is_a_function_of_its_per_run_data(tmp_path):
         assert os.path.getsize(folder / "runs.json") < 1_000_000
         committed = (folder / "results.md").read_text()
         (folder / "results.md").unlink()
-        is_sft = "base" in json.load(open(folder / "grid.json"))
-        (compare_sft.report if is_sft else compare.report)(str(folder))
+        grid = json.load(open(folder / "grid.json"))
+        (compare_sft.report if "base" in grid else text.report if "stages" in grid else compare.report)(str(folder))
         assert (folder / "results.md").read_text() == committed, f"results/{name}/results.md"
         if (folder / "attention.json").exists():
             committed = (folder / "attention.md").read_text()
             attention.report(str(folder))
             assert (folder / "attention.md").read_text() == committed, f"results/{name}/attention.md"
         checked += 1
-    assert checked >= 8
+    assert checked >= 9
+    # the text pilot, run stage by stage by hand: its README's table is what table.py prints from its data
+    p = run_script("results/text-pilot/table.py")
+    assert p.stdout in open(os.path.join(results, "text-pilot", "README.md")).read()
 
 
 @pytest.mark.slow
@@ -208,3 +211,8 @@ def test_the_readme_headline_is_the_committed_table():
     for row in [rows[0], rows[1]] + diffs:  # the header, NTP's row, and MEAP - NTP at each ratio
         cells = row.strip().strip("|").split(" | ")
         assert "| " + " | ".join(cells[i].strip() for i in cols) + " |" in readme, row
+    # On text: the header, NTP's row and MEAP - NTP at each ratio of results/text-cpu/results.md
+    rows = [line for line in open(os.path.join(ROOT, "results", "text-cpu", "results.md")) if line.startswith("| ")]
+    for row in rows[:2] + rows[6:9]:
+        cells = row.strip().strip("|").split(" | ")
+        assert "| " + " | ".join(cells[i].strip() for i in (0, 1, 2, 5)) + " |" in readme, row

@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 from helpers import ROOT, run_script
 
 
@@ -16,6 +18,7 @@ def test_bench_prints_a_row_per_config_and_marks_what_it_cannot_measure():
     assert p.returncode != 0 and p.stderr.strip() == "error: unknown config 'huge'; choose from default, larger, gpt2"
 
 
+@pytest.mark.slow
 def test_reference_times_another_model_py_at_the_same_shapes(tmp_path):
     """--reference FOLDER imports FOLDER/model.py (here: a copy of ours) and prints one row per shape."""
     (tmp_path / "model.py").write_text(open(os.path.join(ROOT, "model.py")).read())

@@ -115,8 +115,8 @@ def test_bpe_passwords_are_words_of_the_text():
 
 def test_the_cli_probes_a_text_run_and_refuses_what_it_cannot_probe_in_one_line(tiny_ckpt, tmp_path):
     out = tiny_text_run(tmp_path, "To be, or not to be, that is the question. " * 300, 96, 2)
-    p = run_script("experiments/probes.py", "--out_dir", str(out), "--examples", "4", "--device", "cpu")
-    assert "copying random span 16 gap   16: accuracy first" in p.stdout and "passkey depth 1.00 length 88" in p.stdout
+    code, stdout, _ = run_inprocess("experiments/probes.py", "--out_dir", str(out), "--examples", "4", "--device", "cpu")
+    assert code == 0 and "copying random span 16 gap   16: accuracy first" in stdout and "passkey depth 1.00 length 88" in stdout
     saved = json.load(open(out / "probes.json"))
     assert saved["step"] == 2 and set(saved["copying"]) == {"random", "text"} and len(saved["passkey"]) == 6
     for args, msg in [(["--out_dir", str(tiny_ckpt)], "was trained on the synthetic tasks"),

@@ -35,25 +35,26 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        # compute in fp32 for stability under bf16 autocast, return in the input's dtype
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).type_as(x)
+        # x / sqrt(mean(x^2) + eps) * weight, in fp32 for stability under bf16 autocast (the casts
+        # are free in fp32); F.rms_norm is one fused kernel on recent GPUs and the same formula on CPU
+        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).type_as(x)
 
 
 def rope_cache(seq_len, head_dim, theta=10000.0):
-    """cos and sin tables of shape (seq_len, head_dim // 2) for rotary embeddings."""
+    """cos and sin tables for rotary embeddings, (seq_len, 1, head_dim) each: channel pair
+    (i, i + head_dim/2) turns by the angle position * theta^(-2i / head_dim); the 1 broadcasts over heads."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
     angles = torch.outer(torch.arange(seq_len).float(), inv_freq)  # (seq_len, head_dim/2)
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], dim=-1)[:, None], torch.cat([-sin, sin], dim=-1)[:, None]
 
 
 def apply_rope(x, cos, sin):
-    """Rotate channel pairs (i, i + head_dim/2) of x (B, n_head, T, head_dim) by position angles."""
-    d = x.size(-1) // 2
-    x1, x2 = x[..., :d], x[..., d:]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # (T, head_dim/2), broadcast over B and heads
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    """Rotate each channel pair (x1, x2) = (x[i], x[i + head_dim/2]) of x (B, T, n_head, head_dim) to
+    (x1 cos - x2 sin, x2 cos + x1 sin). Rolling by half the head swaps the halves to (x2, x1), and
+    the table sin holds (-sin, sin): two products and a sum, with no slicing or concatenation."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
 
 
 class KVCache:
@@ -89,11 +90,10 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cos, sin, kv_cache=None, return_attn=False):
         B, T, C = x.size()
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        k, v = self.kv_proj(x).split(self.n_kv_head * self.head_dim, dim=2)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)  # (B, T, nh, hd)
+        k, v = self.kv_proj(x).view(B, T, 2 * self.n_kv_head, self.head_dim).split(self.n_kv_head, dim=2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # on contiguous rows: cheaper than after
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh or nkv, T, hd)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)  # (B, nkv, Tk, hd), Tk = cached + T
         if self.n_kv_head != self.n_head:  # grouped-query attention: share each kv head
@@ -231,7 +231,7 @@ class GPT(nn.Module):
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, hd/2)
+        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, 1, hd)
         x = self.tok_emb(idx)  # (B, T, n_embd)
         atts = []
         for block in self.blocks:

@@ -1,13 +1,54 @@
 import pytest
 import torch
 
-from model import GPT, GPTConfig, KVCache, gpu_peak_flops
+from model import GPT, GPTConfig, KVCache, RMSNorm, apply_rope, gpu_peak_flops, rope_cache
 
 
 def tiny(n_kv_head=4, block_size=32, seed=0):
     torch.manual_seed(seed)
     return GPT(GPTConfig(block_size=block_size, vocab_size=64, n_layer=2, n_head=4,
                          n_kv_head=n_kv_head, n_embd=32)).eval()
+
+
+def test_rmsnorm_is_the_reference_formula_and_keeps_the_input_dtype():
+    torch.manual_seed(0)
+    norm = RMSNorm(48, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(48))
+    x = torch.randn(3, 5, 48) * 3
+    x[0, 0] = 1e-4  # a tiny row, where eps matters
+    x64, w64 = x.double().requires_grad_(), norm.weight.double()
+    ref = x64 / torch.sqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-6) * w64  # LLaMA's RMSNorm, float64
+    xr = x.clone().requires_grad_()
+    out = norm(xr)
+    torch.testing.assert_close(out.double(), ref, atol=1e-6, rtol=1e-6)
+    g = torch.randn_like(x)
+    out.backward(g)
+    ref.backward(g.double())
+    torch.testing.assert_close(xr.grad.double(), x64.grad, atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # computed in fp32, returned in the input's dtype
+        half = norm(x.bfloat16())
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.double(), ref.detach(), atol=0.03, rtol=0.02)
+
+
+def test_rope_rotates_each_channel_pair_by_its_angle():
+    """Against the formula, written with complex numbers in float64: channel pair (x[i], x[i + d/2])
+    at position t is multiplied by exp(1j * t * theta^(-2i/d))."""
+    T, H, D, theta = 7, 3, 8, 500.0
+    x = torch.randn(2, T, H, D)
+    cos, sin = rope_cache(T, D, theta)
+    out = apply_rope(x, cos, sin)
+    t = torch.arange(T, dtype=torch.float64)[:, None, None]  # (T, 1, 1): over heads and pairs
+    freq = theta ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)  # (D/2,)
+    z = torch.complex(x[..., :D // 2].double(), x[..., D // 2:].double()) * torch.polar(torch.ones((), dtype=torch.float64), t * freq)
+    torch.testing.assert_close(out.double(), torch.cat([z.real, z.imag], dim=-1), atol=1e-6, rtol=1e-6)
+    # what RoPE is for: lengths are kept, and a query-key product depends on the offset alone
+    torch.testing.assert_close(out.norm(dim=-1), x.norm(dim=-1))
+    q, k = torch.randn(D), torch.randn(D)
+    qs, ks = apply_rope(q.expand(1, T, 1, D), cos, sin)[0, :, 0], apply_rope(k.expand(1, T, 1, D), cos, sin)[0, :, 0]
+    torch.testing.assert_close(qs[5] @ ks[2], qs[3] @ ks[0])  # offset 3 at two places
+    assert not torch.allclose(qs[5] @ ks[2], qs[5] @ ks[3])
 
 
 @pytest.mark.parametrize("explicit", [False, True])

@@ -14,8 +14,8 @@ of the *input* tokens by [MASK] before the forward pass; targets and loss stay t
 The default trains on a synthetic retrieval mixture generated on the fly (see tasks.py). Every
 setting below is a global; `python train.py --help` lists them with their comments.
 
-The MEAP line is in the training loop at the bottom: `x = batches.meap(...)` (tasks.Batches builds
-every batch; mask.py holds the masking itself).
+The MEAP line is in get_batch(), just above the training loop at the bottom: `x = batches.meap(...)`
+(tasks.Batches builds every batch; mask.py holds the masking itself).
 
 Fine-tuning (--sft, from a checkpoint given to --init_from) trains on a fixed set of (prompt,
 answer) examples of the synthetic multi-document QA, with the loss on the answer only. MEAP-SFT
@@ -332,8 +332,21 @@ if master:  # one run per out_dir: lock it, and never replace a finished run una
     if iter_num:
         print(f"resuming from {ckpt_path} at iter {iter_num}")
 
+
+
+def get_batch(it, micro):
+    """Inputs and targets of one micro-step of training, on the device."""
+    if finetune:  # MEAP-SFT (§3.2): duplicated examples, answers masked in the copy
+        x, y = batches.sft(it, micro)
+    else:
+        x, y, query = batches.clean("train", it, micro)
+        x = batches.meap(x, query, it, micro)  # MEAP (§3.1): [MASK]s in the inputs; y stays clean
+    return to_device(x, y)
+
+
 t_start = t_last = time.time()
 it_last, dt_avg, n_lines, final = iter_num, None, 0, {}
+x, y = get_batch(iter_num, 0)
 while True:
     lr = get_lr(iter_num)
     for group in optimizer.param_groups:
@@ -353,18 +366,16 @@ while True:
         break
 
     for micro in range(gradient_accumulation_steps):
-        if finetune:  # MEAP-SFT (§3.2): duplicated examples, answers masked in the copy
-            x, y = batches.sft(iter_num, micro)
-        else:
-            x, y, query = batches.clean("train", iter_num, micro)
-            x = batches.meap(x, query, iter_num, micro)  # MEAP (§3.1): [MASK]s in the inputs; y stays clean
-        x, y = to_device(x, y)
         if ddp:  # synchronise gradients only on the last micro-step
             model.require_backward_grad_sync = micro == gradient_accumulation_steps - 1
         with ctx:
             _, loss = model(x, y)
             loss = loss / gradient_accumulation_steps
         scaler.scale(loss).backward()
+        # the next micro-step's batch: on a GPU the lines above only queue work, so it is drawn,
+        # masked and copied while the GPU computes this one; batches depend on (iter, micro) alone
+        nxt = micro + 1
+        x, y = get_batch(iter_num + nxt // gradient_accumulation_steps, nxt % gradient_accumulation_steps)
     norm = torch.zeros(())
     if grad_clip > 0:
         scaler.unscale_(optimizer)

@@ -1,7 +1,8 @@
 """The batches train.py trains on (tasks.Batches), specified: where MEAP puts [MASK] and where it must
 not, exact counts, fresh masks at every step, micro-step and process, the official shared scheme,
 the random-token control, text batches, and the fine-tuning layouts. Then train.py itself: its
-first logged loss is the loss on these batches, gradient accumulation, the learning-rate schedule."""
+first logged loss is the loss on these batches, each micro-step's batch in order, gradient
+accumulation, the learning-rate schedule."""
 
 import json
 import math
@@ -13,7 +14,7 @@ import torch
 
 import configurator
 import tasks
-from helpers import ROOT, TINY, run_script
+from helpers import ROOT, TINY, run_inprocess, run_script
 from model import GPT, GPTConfig
 
 DEFAULTS = configurator.read_settings(os.path.join(ROOT, "train.py"))
@@ -234,6 +235,26 @@ def test_train_py_loss_is_the_loss_on_meap_inputs_and_the_lr_schedule(tmp_path):
     assert all(lr[i] > lr[i + 1] for i in range(4, 10))  # cosine decay
     assert lr[7] == pytest.approx(1e-4 + 0.5 * (1 + math.cos(math.pi * 3 / 6)) * 9e-4)
     assert lr[10] == lr[11] == pytest.approx(1e-4)  # the floor
+
+
+def test_every_micro_step_trains_on_its_own_batch(tmp_path, monkeypatch):
+    """train.py draws each batch one micro-step ahead (to overlap with the GPU); the model still
+    sees, at iteration i and micro-step m, exactly batches.meap() of (i, m), in order."""
+    seen, forward = [], GPT.forward
+
+    def spy(self, idx, targets=None, kv_cache=None):
+        if self.training:
+            seen.append((idx.clone(), targets.clone()))
+        return forward(self, idx, targets, kv_cache)
+
+    monkeypatch.setattr(GPT, "forward", spy)
+    code, _, err = run_inprocess("train.py", *TINY, "--mask_ratio", "0.3", "--max_iters", "3",
+                                 "--gradient_accumulation_steps", "2", "--eval_interval", "3", "--out_dir", str(tmp_path))
+    assert code == 0, err
+    b = tasks.Batches(torch.load(tmp_path / "ckpt.pt", weights_only=False)["config"])
+    want = [meap_batch(b, it, micro) for it in range(3) for micro in range(2)]
+    assert len(seen) == len(want)
+    assert all(torch.equal(x, w[3]) and torch.equal(y, w[1]) for (x, y), w in zip(seen, want))
 
 
 def test_gradient_accumulation_equals_the_larger_batch(tiny_ckpt, tmp_path):

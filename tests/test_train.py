@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from helpers import TINY, run_script
+from model import GPT, GPTConfig
 
 
 def metrics(out_dir):
@@ -111,6 +112,27 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     assert "2 process(es)" in p.stdout
     assert "largest weight difference between the 2 processes: 0\n" in p.stdout
     assert (tmp_path / "ckpt.pt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", [["--dtype", "bfloat16"], ["--dtype", "float16"], ["--compile", "true"]],
+                         ids=["bf16-autocast", "fp16-gradient-scaler", "torch.compile"])
+def test_the_gpu_code_paths_train_like_fp32_at_a_tiny_width(tmp_path, flags):
+    """What a GPU run switches on, run on the CPU: bf16 autocast, fp16 with its gradient scaler, and
+    torch.compile each follow the fp32 run's losses, keep fp32 weights, and save a checkpoint that
+    loads into a plain GPT (no compile prefixes)."""
+    args = [*TINY, "--max_iters", "30", "--eval_interval", "30", "--warmup_iters", "5"]
+    run_script("train.py", *args, "--out_dir", str(tmp_path / "fp32"))
+    run_script("train.py", *args, *flags, "--out_dir", str(tmp_path / "other"))
+    (ref_train, ref_evals), (train, evals) = metrics(tmp_path / "fp32"), metrics(tmp_path / "other")
+    assert max(abs(train[i] - ref_train[i]) for i in ref_train) < 0.02
+    assert abs(evals[30]["val_loss"] - ref_evals[30]["val_loss"]) < 0.02
+    assert train[29] < train[0] - 0.05  # and it did train
+    if "--dtype" in flags:
+        assert train != ref_train  # autocast did act
+    ckpt = torch.load(tmp_path / "other" / "ckpt.pt", weights_only=False)
+    assert all(v.dtype == torch.float32 for v in ckpt["model"].values())
+    GPT(GPTConfig(**ckpt["model_args"])).load_state_dict(ckpt["model"])
 
 
 def write_char_dataset(folder, n_train=5000, n_val=500, vocab=20, top=None):

@@ -92,7 +92,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.size()
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)  # (B, T, nh, hd)
         k, v = self.kv_proj(x).view(B, T, 2 * self.n_kv_head, self.head_dim).split(self.n_kv_head, dim=2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # on contiguous rows: cheaper than after
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # before the transpose: contiguous rows
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh or nkv, T, hd)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)  # (B, nkv, Tk, hd), Tk = cached + T

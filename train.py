@@ -333,7 +333,6 @@ if master:  # one run per out_dir: lock it, and never replace a finished run una
         print(f"resuming from {ckpt_path} at iter {iter_num}")
 
 
-
 def get_batch(it, micro):
     """Inputs and targets of one micro-step of training, on the device."""
     if finetune:  # MEAP-SFT (§3.2): duplicated examples, answers masked in the copy

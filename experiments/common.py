@@ -183,6 +183,29 @@ def in_parallel(fn, todo, jobs, describe, eta_label="eta"):
     return done
 
 
+def run_name(ratio, seed):
+    return f"r{ratio:.2f}_s{seed}"
+
+
+def grid_runs(out, ratios, seeds, train, describe, jobs):
+    """The runs of a grid of (mask ratio, seed): those with a suite.json in out/runs are read back, the
+    others trained by train((ratio, seed, run_dir)), `jobs` at a time, each finished one printed with
+    describe(job, suite) (see in_parallel). Returns {(ratio, seed): suite}."""
+    todo, results = [], {}
+    for seed in seeds:
+        for r in ratios:
+            run_dir = os.path.join(out, "runs", run_name(r, seed))
+            if os.path.exists(os.path.join(run_dir, "suite.json")):
+                results[(r, seed)] = read_json(os.path.join(run_dir, "suite.json"))
+            else:
+                todo.append((r, seed, run_dir))
+    if results:
+        print(f"reusing {len(results)} finished run(s) in {out}/runs")
+    finished = in_parallel(train, todo, jobs, describe, eta_label="grid eta")
+    results.update({(r, seed): res for (r, seed, _), res in finished})
+    return results
+
+
 def interrupted(out):
     """After Ctrl-C: stop the train.py runs, say how to continue, and exit (130) without waiting
     for an evaluation still running in a worker thread (its result is simply redone next time)."""

@@ -41,9 +41,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 import tasks  # noqa: E402
-from experiments.common import (apply_set, claim_out, diff_cells, in_parallel, interrupted, load_model,  # noqa: E402
-                                load_runs, mean_sd, parse_list, read_json, record_runs, save_png, seeds_of,
-                                steps_to, summary, train, write_json, write_text)
+from experiments.common import (apply_set, claim_out, diff_cells, grid_runs, interrupted, load_model,  # noqa: E402
+                                load_runs, mean_sd, parse_list, read_json, record_runs, run_name, save_png,
+                                seeds_of, steps_to, summary, train, write_json, write_text)
 
 # train.py's defaults for how MEAP masks and how the model starts, written into every preset so that
 # each grid's grid.json records them (the paper's uniform [MASK]; --set changes them per grid)
@@ -116,10 +116,6 @@ def suite(model, cfg, n_examples=400, seed=(tasks.VAL_SEED, tasks.SUITE), device
 # -----------------------------------------------------------------------------
 # the grid
 
-def run_name(ratio, seed):
-    return f"r{ratio:.2f}_s{seed}"
-
-
 def do_run(run_dir, ratio, seed, settings, threads, examples):
     """Train (or finish training) one run, then evaluate it; writes run_dir/suite.json."""
     run_dir = os.path.abspath(run_dir)
@@ -159,33 +155,24 @@ def run_grid(out, ratios, seeds, settings, jobs=1, threads=1, examples=400, ntp_
     """Run every (ratio, seed) without a suite.json, `jobs` at a time, with a progress line per
     finished run; return {(ratio, seed): suite dict}. ntp_from: a grid whose finished NTP runs are
     copied instead of trained (only pass one for which ntp_twin() holds)."""
-    todo, results, copied = [], {}, 0
-    for seed in seeds:
-        for r in ratios:
-            path = os.path.join(out, "runs", run_name(r, seed))
-            twin = os.path.join(ntp_from or "", "runs", run_name(r, seed), "suite.json")
-            if r == 0 and ntp_from and os.path.exists(twin) and not os.path.exists(os.path.join(path, "suite.json")):
-                os.makedirs(path, exist_ok=True)
-                write_json(os.path.join(path, "suite.json"), dict(read_json(twin), copied_from=twin))
-                copied += 1
-            if os.path.exists(os.path.join(path, "suite.json")):
-                results[(r, seed)] = read_json(os.path.join(path, "suite.json"))
-            else:
-                todo.append((r, seed, path))
+    copied = 0
+    for seed in seeds if ntp_from and 0 in ratios else []:
+        twin = os.path.join(ntp_from, "runs", run_name(0, seed), "suite.json")
+        path = os.path.join(out, "runs", run_name(0, seed))
+        if os.path.exists(twin) and not os.path.exists(os.path.join(path, "suite.json")):
+            os.makedirs(path, exist_ok=True)
+            write_json(os.path.join(path, "suite.json"), dict(read_json(twin), copied_from=twin))
+            copied += 1
     if copied:
         print(f"copied {copied} NTP run(s) from {ntp_from}: at mask_ratio 0 the settings that differ "
               f"({', '.join(MEAP_ONLY)}) change nothing")
-    if len(results) > copied:
-        print(f"reusing {len(results) - copied} finished run(s) in {out}/runs")
 
     def describe(job, res):
         return (f"mask_ratio {job[0]:.2f} seed {job[1]}: needle {res['needle']:.3f} mqar {res['mqar']:.3f} "
                 f"mqar_2x {res['mqar_2x']:.3f} kv {res['kv']:.3f}")
 
-    finished = in_parallel(lambda job: do_run(job[2], job[0], job[1], settings, threads, examples), todo, jobs,
-                           describe, eta_label="grid eta")
-    results.update({(r, seed): res for (r, seed, _), res in finished})
-    return results
+    return grid_runs(out, ratios, seeds, lambda job: do_run(job[2], job[0], job[1], settings, threads, examples),
+                     describe, jobs)
 
 
 # -----------------------------------------------------------------------------

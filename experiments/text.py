@@ -30,10 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import tasks  # noqa: E402
 from experiments import probes  # noqa: E402
-from experiments.common import (apply_set, claim_out, in_parallel, interrupted, load_runs, mean_sd,  # noqa: E402
+from experiments.common import (apply_set, claim_out, grid_runs, interrupted, load_runs, mean_sd,  # noqa: E402
                                 parse_list, read_json, record_runs, save_png, seeds_of, summary, train,
                                 write_json, write_text)
-from experiments.compare import MEAP_DEFAULTS, run_name  # noqa: E402
+from experiments.compare import MEAP_DEFAULTS  # noqa: E402
 
 SEED = [tasks.VAL_SEED, tasks.TEXT_PROBES]  # the probes' held-out draws
 PRESETS = {
@@ -106,25 +106,13 @@ def do_run(run_dir, ratio, seed, settings, stages, threads, examples):
 
 def run_grid(out, ratios, seeds, settings, stages, jobs, threads, examples):
     """Every (ratio, seed) without a suite.json, `jobs` at a time; {(ratio, seed): suite}."""
-    todo, results = [], {}
-    for seed in seeds:
-        for r in ratios:
-            path = os.path.join(out, "runs", run_name(r, seed))
-            if os.path.exists(os.path.join(path, "suite.json")):
-                results[(r, seed)] = read_json(os.path.join(path, "suite.json"))
-            else:
-                todo.append((r, seed, path))
-    if results:
-        print(f"reusing {len(results)} finished run(s) in {out}/runs")
 
     def describe(job, res):
         return (f"mask_ratio {job[0]:.2f} seed {job[1]}: val loss {res['val_loss']:.4f} | copying {res['copy_random']:.3f}"
                 f" (gain {res['copy_random_gain']:+.3f}) | passkey {res['passkey']:.2f}")
 
-    finished = in_parallel(lambda job: do_run(job[2], job[0], job[1], settings, stages, threads, examples), todo,
-                           jobs, describe, eta_label="grid eta")
-    results.update({(r, seed): res for (r, seed, _), res in finished})
-    return results
+    return grid_runs(out, ratios, seeds, lambda job: do_run(job[2], job[0], job[1], settings, stages, threads, examples),
+                     describe, jobs)
 
 
 # -----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ positions and writing [MASK] into the input, so the MEAP/NTP ratio should be abo
     python bench.py                              # train.py's default model, a larger one, GPT-2 small (GPU only)
     python bench.py --configs default,gpt2 --compile true          # on a GPU: compiled
     python bench.py --reference ../nanoGPT       # our model's forward+backward beside another model.py's
+    OMP_NUM_THREADS=1 python bench.py ...        # on one CPU core
 
 Each step is what train.py does: forward, backward, then the next synthetic batch generated, masked
 (MEAP only) and copied to the device while a GPU still computes, then clip and AdamW. The two
@@ -202,7 +203,8 @@ def compare_reference(RefGPT, RefConfig, cfg):
             f"{statistics.median(times['reference']) * 1e3:.1f} | {mid:.3f} [{lo:.3f}, {hi:.3f}] |")
 
 
-name = torch.cuda.get_device_name(device) if device_type == "cuda" else f"{device_type}, {torch.get_num_threads()} threads"
+threads = torch.get_num_threads()  # OMP_NUM_THREADS sets it
+name = torch.cuda.get_device_name(device) if device_type == "cuda" else f"{device_type}, {threads} thread{'s' * (threads > 1)}"
 if reference:
     RefGPT, RefConfig = load_reference(reference)
     print(f"device: {name} | {dtype} | torch {torch.__version__} | forward+backward of model.py and "

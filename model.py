@@ -155,10 +155,14 @@ class GPTConfig:
     vocab_size: int = 192  # including [MASK]; a multiple of 64 keeps the matmuls fast
     n_layer: int = 4
     n_head: int = 4
-    n_kv_head: int = 4  # = n_head: plain multi-head attention; fewer: grouped-query attention
+    n_kv_head: int = 0  # 0 or n_head: plain multi-head attention; fewer: grouped-query attention
     n_embd: int = 128
     rope_theta: float = 10000.0
     init: str = "nanomeap"  # 'nanomeap' (width-aware, see _init_weights) or 'official' (the MEAP code's)
+
+    def __post_init__(self):
+        # so that GPTConfig(n_head=8) means 8 key/value heads too, not grouped-query attention by accident
+        self.n_kv_head = self.n_kv_head or self.n_head
 
 
 class GPT(nn.Module):

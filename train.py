@@ -63,7 +63,7 @@ gradient_accumulation_steps = 1  # micro-steps per optimizer step, summed over a
 # model
 n_layer = 2  # transformer blocks
 n_head = 4  # query heads; head size = n_embd / n_head
-n_kv_head = 4  # key/value heads; fewer than n_head = grouped-query attention
+n_kv_head = 0  # key/value heads; 0 = n_head (multi-head attention), fewer = grouped-query attention
 n_embd = 128  # model width
 init = "nanomeap"  # weight init: 'nanomeap' (tuned for small widths) or 'official' (the MEAP code's, lit-gpt)
 # MEAP (paper §3.1): mask_ratio is the switch that separates MEAP from NTP; the rest are variants
@@ -133,6 +133,7 @@ elif init_from != "scratch":  # fine-tune: the weights and the model's shape fro
         if k in overrides and overrides[k] != base_config.get(k, "nanomeap"):
             die(f"--{k} {overrides[k]} does not match {base_path}'s {base_config.get(k, 'nanomeap')}; drop the flag")
         globals()[k] = base_config.get(k, "nanomeap")  # (checkpoints from before --init have the default)
+n_kv_head = n_kv_head or n_head  # resolved here, so that the checkpoint's settings name the count
 config = {k: globals()[k] for k in config_keys}
 finetune = sft != "none"
 

@@ -53,7 +53,6 @@ TRAIN = [  # (arguments, the error's text); RUN is a finished run, which every c
     (["--weight_decay", "nan"], "--weight_decay must be a number in [0, 1e9], got nan"),
     (["--beta1", "2"], "need --learning_rate > 0, --beta1 and --beta2 in [0, 1)"),
     (["--seed", "-1"], "--seed >= 0"),
-    (["--n_kv_head", "0"], "and n_head by n_kv_head; got n_embd=32, n_head=2, n_kv_head=0"),
     (["--n_kv_head", "-2"], "need positive sizes"),
     (["--n_head", "3"], "n_embd divisible by n_head"),
     (["--init", "xavier"], "init must be one of ('nanomeap', 'official')"),
@@ -164,7 +163,7 @@ COMPARE = [
     (["--ratios", "0,nan"], "cannot read '0,nan' as a comma-separated list of floats"),
     (["--ratios", "0,1.5"], "need --ratios in [0, 1) and --seeds >= 0"),
     (["--seeds", "-1"], "need --ratios in [0, 1) and --seeds >= 0"),
-    (["--set", "n_kv_head=two"], "--set: --n_kv_head expects int (like 4), got 'two'"),
+    (["--set", "n_kv_head=two"], "--set: --n_kv_head expects int (like 0), got 'two'"),
     (["--set", "n_layers=2"], "--set: unknown option --n_layers (did you mean --n_layer?)"),
 ]
 

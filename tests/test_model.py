@@ -10,6 +10,12 @@ def tiny(n_kv_head=4, block_size=32, seed=0):
                          n_kv_head=n_kv_head, n_embd=32)).eval()
 
 
+def test_a_config_without_n_kv_head_is_multi_head_attention():
+    assert GPTConfig(n_head=8, n_embd=64).n_kv_head == 8 and GPTConfig(n_head=8, n_kv_head=2).n_kv_head == 2
+    model = GPT(GPTConfig(block_size=8, vocab_size=64, n_layer=1, n_head=8, n_embd=64))
+    assert model.blocks[0].attn.kv_proj.weight.shape == (2 * 8 * 8, 64)  # 8 key and 8 value heads of 8
+
+
 def test_rmsnorm_is_the_reference_formula_and_keeps_the_input_dtype():
     torch.manual_seed(0)
     norm = RMSNorm(48, eps=1e-6)

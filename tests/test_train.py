@@ -31,6 +31,19 @@ def test_train_writes_a_checkpoint_metrics_and_a_final_line(tmp_path, ratio):
     assert {"optimizer", "rng", "model"} <= set(ckpt)
 
 
+@pytest.mark.parametrize("flags, kv_heads", [([], 8), (["--n_kv_head", "2"], 2)])
+def test_n_head_alone_means_as_many_key_value_heads(tmp_path, flags, kv_heads):
+    """--n_head 8 without --n_kv_head is plain multi-head attention (not grouped-query attention
+    with some default count of key/value heads); the checkpoint names the count it trained with."""
+    args = [a for i, a in enumerate(TINY) if "--n_kv_head" not in TINY[max(i - 1, 0):i + 1]]
+    run_script("train.py", *args, "--n_head", "8", *flags, "--max_iters", "1", "--eval_interval", "1",
+               "--out_dir", str(tmp_path))
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    assert ckpt["model_args"]["n_kv_head"] == ckpt["config"]["n_kv_head"] == kv_heads
+    kv_rows = ckpt["model"]["blocks.0.attn.kv_proj.weight"].shape[0]
+    assert kv_rows == 2 * kv_heads * (32 // 8)  # keys and values, kv_heads heads of size n_embd / n_head
+
+
 def test_ntp_and_meap_differ_only_in_the_inputs(tmp_path):
     """Same seed: same weights and data, so the clean val loss at step 0 is identical and the
     first training loss differs only because MEAP masked some inputs."""

@@ -6,6 +6,7 @@ positions and writing [MASK] into the input, so the MEAP/NTP ratio should be abo
     python bench.py                              # train.py's default model, a larger one, GPT-2 small (GPU only)
     python bench.py --configs default,gpt2 --compile true          # on a GPU: compiled
     python bench.py --reference ../nanoGPT       # our model's forward+backward beside another model.py's
+    python bench.py --reference ../nanoGPT --compile true          # the same, both models compiled
     OMP_NUM_THREADS=1 python bench.py ...        # on one CPU core
 
 Each step is what train.py does: forward, backward, then the next synthetic batch generated, masked
@@ -176,6 +177,9 @@ def compare_reference(RefGPT, RefConfig, cfg):
     with contextlib.redirect_stdout(io.StringIO()):  # nanoGPT prints its parameter count
         ref = RefGPT(RefConfig(**{k: v for k, v in wanted.items() if k in fields})).to(device)
     x, y = torch.randint(0, 160, (B, T), device=device), torch.randint(0, 160, (B, T), device=device)
+    runs = {"ours": ours, "reference": ref}
+    if compile:  # both alike: fused element-wise kernels for each (the first warm-up step compiles)
+        runs = {k: torch.compile(m) for k, m in runs.items()}
 
     def step(model):
         with ctx:
@@ -183,12 +187,12 @@ def compare_reference(RefGPT, RefConfig, cfg):
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    for model in (ours, ref):
+    for model in runs.values():
         for _ in range(warmup):
             step(model)
     times = {"ours": [], "reference": []}
     while len(times["ours"]) < 3 or sum(times["ours"]) * steps < seconds:
-        for k, model in (("ours", ours), ("reference", ref)):
+        for k, model in runs.items():
             sync()
             t0 = time.perf_counter()
             for _ in range(steps):
@@ -207,7 +211,7 @@ threads = torch.get_num_threads()  # OMP_NUM_THREADS sets it
 name = torch.cuda.get_device_name(device) if device_type == "cuda" else f"{device_type}, {threads} thread{'s' * (threads > 1)}"
 if reference:
     RefGPT, RefConfig = load_reference(reference)
-    print(f"device: {name} | {dtype} | torch {torch.__version__} | forward+backward of model.py and "
+    print(f"device: {name} | {dtype} | compile {compile} | torch {torch.__version__} | forward+backward of model.py and "
           f"{os.path.join(reference, 'model.py')} at the same shapes, blocks of {steps} alternating; "
           f"ours/reference: median [quartiles] of paired blocks")
     print("| shape | batch | params (ours) | params (reference) | ours ms | reference ms | ours/reference |")

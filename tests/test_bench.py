@@ -27,5 +27,9 @@ def test_reference_times_another_model_py_at_the_same_shapes(tmp_path):
     rows = [line.split(" | ") for line in p.stdout.splitlines() if line.startswith("| ") and "x" in line.split(" | ")[1]]
     assert [r[0] for r in rows] == ["| 2x128, 4 heads", "| 4x128, 4 heads"] and [r[1] for r in rows] == ["32x64", "12x256"]
     assert all(r[2] == r[3] for r in rows)  # the same model: the same parameters
+    p = run_script("bench.py", "--reference", str(tmp_path), "--compile", "true", "--seconds", "0.05", "--steps", "1",
+                   "--warmup", "1", "--device", "cpu")  # both compiled (the warm-up step compiles)
+    assert "| compile True |" in p.stdout.splitlines()[0]
+    assert len([line for line in p.stdout.splitlines() if line.startswith("| 2x128") or line.startswith("| 4x128")]) == 2
     p = run_script("bench.py", "--reference", str(tmp_path / "nowhere"), check=False)
     assert p.returncode == 1 and "no model.py there" in p.stderr

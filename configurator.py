@@ -136,7 +136,7 @@ def help_text(script_path, defaults):
         for line in f:
             m = re.match(r"^(\w+) = .*?#\s*(.*)$", line)
             if m:
-                comments[m.group(1)] = m.group(2)
+                comments.setdefault(m.group(1), m.group(2))  # the settings block, not a later reassignment
     lines = [f"usage: python {script_path} [config/NAME.py] [--key value | --key=value ...]", ""]
     lines += [f"  --{k} {v!r:<16} {comments.get(k, '')}" for k, v in defaults.items()]
     return "\n".join(lines)

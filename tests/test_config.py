@@ -79,3 +79,7 @@ def test_help_lists_every_setting_with_its_comment():
     p = run_script("train.py", "--help")
     assert "--mask_ratio 0.15" in p.stdout and "plain next-token prediction" in p.stdout
     assert "--mask_mode 'per_sequence'" in p.stdout
+    # the comment of the settings block, not that of a later line that reassigns the setting
+    assert "--n_kv_head 0                key/value heads; 0 = n_head" in p.stdout
+    settings = [line for line in p.stdout.splitlines() if line.startswith("  --")]
+    assert len(settings) > 40 and all(len(line.split()) >= 3 for line in settings)  # each with its comment

@@ -2,13 +2,16 @@
 Text <-> token ids for the text datasets, with MEAP's [MASK] id beside the vocabulary, and the
 shared body of the data/*/prepare.py scripts.
 
-Two tokenizers:
+Three tokenizers:
 - "gpt2": GPT-2's byte-level BPE, 50,257 ids (<|endoftext|> = 50256), through tiktoken. tiktoken
   ships the same ranks, pattern and special token under two names, "gpt2" and "r50k_base"; we load
   "r50k_base", whose single file can be cached for offline use (TIKTOKEN_CACHE_DIR).
 - "byte": one id per UTF-8 byte, 256 ids. Needs no files at all.
+- "bpe": a small byte-level BPE trained on the dataset's own text (train_bpe, below; GPT-2's
+  splitting pattern, 256 byte ids plus the learned merges). Its ranks travel in meta.pkl, so a
+  checkpoint carries its tokenizer; tiktoken encodes with them.
 MEAP's [MASK] is the id right after the vocabulary (paper §3.1: a new token with its own learned
-embedding): 50257 for gpt2, 256 for byte. train.py reads it from meta.pkl as `vocab_size`.
+embedding): 50257 for gpt2, 256 for byte, vocab_size for bpe. train.py reads it from meta.pkl.
 
 A dataset folder holds nanoGPT's format: train.bin and val.bin (uint16 ids) and meta.pkl
 ({"vocab_size": ..., "tokenizer": ...}); nanoGPT's character-level meta.pkl (stoi/itos) also works.
@@ -24,7 +27,10 @@ from typing import Callable
 
 import numpy as np
 
-TOKENIZERS = ("gpt2", "byte")
+TOKENIZERS = ("gpt2", "byte", "bpe")
+# GPT-2's rule for splitting text before BPE (contractions, words, numbers, punctuation, spaces):
+# merges never cross these pieces
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 MASK_TEXT = "[MASK]"  # how decode() shows the [MASK] id
 
 
@@ -64,7 +70,65 @@ def get_tokenizer(name):
             raise ValueError(f"cannot load GPT-2's BPE through tiktoken ({type(e).__name__}); go online once, "
                              f"or set TIKTOKEN_CACHE_DIR to a folder holding its cached file") from None
         return from_tiktoken(enc, "gpt2")
+    if name == "bpe":
+        raise ValueError("a 'bpe' tokenizer is trained on its dataset: load it from the dataset's meta.pkl "
+                         "(for_meta), or train one with train_bpe")
     raise ValueError(f"unknown tokenizer {name!r}; choose one of {TOKENIZERS}")
+
+
+def train_bpe(text, vocab_size):
+    """Byte-level BPE ranks learned from text: {token bytes: id}, ids 0-255 the bytes, then one id
+    per merge, vocab_size ids in all. The classic algorithm (Sennrich et al. 2016, as GPT-2 uses it):
+    split the text with GPT-2's pattern, then repeatedly merge the most frequent adjacent pair of
+    tokens within a piece. Pair counts are updated only for the pieces a merge touches, so a 1k
+    vocabulary over 10 MB of text takes seconds, not hours. Ties go to the pair counted first."""
+    import regex
+    from collections import Counter, defaultdict
+
+    if not 256 <= vocab_size <= 65536:
+        raise ValueError(f"a byte-level BPE has 256 to 65,536 ids, got vocab_size {vocab_size}")
+    counts = Counter(regex.findall(GPT2_PATTERN, text))  # piece -> how often it occurs
+    words = [list(piece.encode("utf-8")) for piece in counts]  # each piece as a list of token ids
+    freq = list(counts.values())
+    pairs, where = Counter(), defaultdict(set)  # pair -> count; pair -> the pieces holding it
+    for w, (ids, n) in enumerate(zip(words, freq)):
+        for pair in zip(ids, ids[1:]):
+            pairs[pair] += n
+            where[pair].add(w)
+    ranks = {bytes([i]): i for i in range(256)}
+    token = [bytes([i]) for i in range(256)]  # id -> its bytes
+    while len(token) < vocab_size and pairs:
+        best = max(pairs, key=pairs.__getitem__)
+        if pairs[best] < 2:  # no pair repeats: nothing more to learn from this text
+            break
+        new = len(token)
+        token.append(token[best[0]] + token[best[1]])
+        ranks[token[new]] = new
+        for w in where.pop(best):
+            ids, n = words[w], freq[w]
+            for pair in zip(ids, ids[1:]):  # the piece's old pairs out ...
+                pairs[pair] -= n
+            merged, i = [], 0
+            while i < len(ids):
+                if i + 1 < len(ids) and (ids[i], ids[i + 1]) == best:
+                    merged.append(new)
+                    i += 2
+                else:
+                    merged.append(ids[i])
+                    i += 1
+            words[w] = merged
+            for pair in zip(merged, merged[1:]):  # ... and its new pairs in
+                pairs[pair] += n
+                where[pair].add(w)
+        pairs = +pairs  # drop the pairs that no longer occur
+    return ranks
+
+
+def bpe_tokenizer(ranks):
+    """A Tokenizer over ranks from train_bpe, encoding through tiktoken (fast, exact)."""
+    import tiktoken
+    enc = tiktoken.Encoding("bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
+    return from_tiktoken(enc, "bpe")
 
 
 def from_tiktoken(enc, name):
@@ -79,6 +143,8 @@ def for_meta(meta):
         stoi, itos = meta["stoi"], meta["itos"]
         return Tokenizer("char", meta["vocab_size"], lambda s: [stoi[c] for c in s if c in stoi],
                          lambda ids: "".join(itos[i] for i in ids))
+    if meta.get("tokenizer") == "bpe":
+        return bpe_tokenizer(meta["bpe_ranks"])
     return get_tokenizer(meta.get("tokenizer", "gpt2"))
 
 
@@ -129,11 +195,12 @@ def prepare(out_dir, text, tok, val_fraction=0.1):
     return {k: len(v) for k, v in ids.items()}
 
 
-def write_meta(out_dir, tok):
-    """out_dir/meta.pkl for train.py: the vocabulary size ([MASK] comes next) and the tokenizer."""
+def write_meta(out_dir, tok, **extra):
+    """out_dir/meta.pkl for train.py: the vocabulary size ([MASK] comes next), the tokenizer, and
+    what else it needs (a trained BPE's ranks, as bpe_ranks)."""
     path = os.path.join(out_dir, "meta.pkl")
     with open(path + ".tmp", "wb") as f:
-        pickle.dump({"vocab_size": tok.vocab_size, "tokenizer": tok.name}, f)
+        pickle.dump({"vocab_size": tok.vocab_size, "tokenizer": tok.name, **extra}, f)
     os.replace(path + ".tmp", path)
 
 

@@ -159,6 +159,7 @@ class GPTConfig:
     n_embd: int = 128
     rope_theta: float = 10000.0
     init: str = "nanomeap"  # 'nanomeap' (width-aware, see _init_weights) or 'official' (the MEAP code's)
+    emb_common: float = 0.0  # std of one random vector added to every token's embedding at init; 0 = none
 
     def __post_init__(self):
         # so that GPTConfig(n_head=8) means 8 key/value heads too, not grouped-query attention by accident
@@ -177,6 +178,8 @@ class GPT(nn.Module):
                              f"n_kv_head={c.n_kv_head}, n_layer={c.n_layer}, block_size={c.block_size}")
         if c.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {c.init!r}")
+        if not 0 <= c.emb_common < 1e3:  # (also catches NaN)
+            raise ValueError(f"emb_common must be in [0, 1000), got {c.emb_common}")
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
@@ -192,6 +195,13 @@ class GPT(nn.Module):
                     nn.init.normal_(p, mean=0.0, std=1 / (math.sqrt(config.n_embd) * config.n_layer))
                 else:  # GPT-2's scaled init
                     p.data /= math.sqrt(2 * config.n_layer)
+        if config.emb_common > 0:
+            # A direction shared by every token. Layer 0 sees token embeddings alone: with no bias
+            # anywhere and RoPE only rotating q and k, its attention can depend on position alone
+            # (a previous-token head, the first half of an induction head) only once the embeddings
+            # share a component, which training builds slowly from independent random rows.
+            with torch.no_grad():
+                self.tok_emb.weight += config.emb_common * torch.randn(config.n_embd)
 
     def _init_weights(self, module):
         # 'nanomeap' (ours, tuned on NTP pilots): std 1/sqrt(3 * fan_in) for every matrix, which is

@@ -66,6 +66,7 @@ n_head = 4  # query heads; head size = n_embd / n_head
 n_kv_head = 0  # key/value heads; 0 = n_head (multi-head attention), fewer = grouped-query attention
 n_embd = 128  # model width
 init = "nanomeap"  # weight init: 'nanomeap' (tuned for small widths) or 'official' (the MEAP code's, lit-gpt)
+emb_common = 0.0  # std of a random vector added to every token embedding at init (1.0 helps text learn to copy)
 # MEAP (paper §3.1): mask_ratio is the switch that separates MEAP from NTP; the rest are variants
 mask_ratio = 0.15  # share of input positions replaced by [MASK]; 0 = plain next-token prediction
 mask_mode = "per_sequence"  # 'per_sequence', or 'shared': one set of columns per step (official code)
@@ -95,7 +96,8 @@ dtype = "auto"  # 'auto' (bfloat16 on CUDA, float16 on older GPUs, float32 elsew
 compile = False  # torch.compile the model: faster on recent GPUs after a warm-up, rarely on CPU
 seed = 1337  # seeds the weights, the data order and the masks
 # -----------------------------------------------------------------------------
-config_keys = list(configurator.defaults_of(globals()))  # the settings above
+defaults = configurator.defaults_of(globals())  # the settings above, as written there
+config_keys = list(defaults)
 overrides = configurator.apply(sys.argv[1:], globals())
 signal.signal(signal.SIGINT, lambda *_: die("interrupted before training began; nothing was written", 130))  # Ctrl-C
 
@@ -129,10 +131,11 @@ elif init_from != "scratch":  # fine-tune: the weights and the model's shape fro
     except ValueError as e:
         die(e)
     base_config = ckpt["config"]
-    for k in ("dataset", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "init"):
-        if k in overrides and overrides[k] != base_config.get(k, "nanomeap"):
-            die(f"--{k} {overrides[k]} does not match {base_path}'s {base_config.get(k, 'nanomeap')}; drop the flag")
-        globals()[k] = base_config.get(k, "nanomeap")  # (checkpoints from before --init have the default)
+    for k in ("dataset", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "init", "emb_common"):
+        saved = base_config.get(k, defaults[k])  # a setting the checkpoint predates had its default
+        if k in overrides and overrides[k] != saved:
+            die(f"--{k} {overrides[k]} does not match {base_path}'s {saved}; drop the flag")
+        globals()[k] = saved
 n_kv_head = n_kv_head or n_head  # resolved here, so that the checkpoint's settings name the count
 config = {k: globals()[k] for k in config_keys}
 finetune = sft != "none"
@@ -204,7 +207,8 @@ def to_device(*ts):
 # model and optimizer
 torch.manual_seed(seed)
 model_args = dict(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head,
-                  n_embd=n_embd, vocab_size=64 * math.ceil(batches.vocab_size / 64), init=init)  # pad vocab to 64s
+                  n_embd=n_embd, vocab_size=64 * math.ceil(batches.vocab_size / 64), init=init,  # pad vocab to 64s
+                  emb_common=emb_common)
 try:
     raw_model = GPT(GPTConfig(**model_args)).to(device)
 except ValueError as e:  # the shape does not fit (model.py checks it)
@@ -212,6 +216,8 @@ except ValueError as e:  # the shape does not fit (model.py checks it)
 optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
 iter_num = saved_iter = 0  # saved_iter: the step of the last checkpoint in out_dir (0: none yet)
+if ckpt is not None:  # a field of the model that the checkpoint predates had its default
+    ckpt["model_args"] = {**{k: getattr(GPTConfig(), k) for k in model_args}, **ckpt["model_args"]}
 if ckpt is not None and init_from not in ("scratch", "resume"):  # fine-tuning: the weights only
     if ckpt["model_args"] != model_args:
         die(f"{base_path} was trained with {ckpt['model_args']}, not {model_args}")

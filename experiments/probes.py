@@ -6,7 +6,9 @@ ever being trained on the probe? Two probes, both on held-out text (the dataset'
   again after a gap of held-out text:   lead | S | gap | S
   Scored on the second occurrence from its second token on (the model has seen S[0..j] twice and
   must say S[j+1]), beside the same positions of the first occurrence, where it cannot copy. The
-  span is k distinct random tokens of the text's own vocabulary ("random": only copying helps), or a
+  span is k distinct random tokens of the text's own vocabulary, drawn uniformly ("random": only
+  copying helps) or by their frequency in the text ("frequent": the same, in the tokens a model
+  trained on the text knows well; with a large vocabulary most uniform draws are rare ones), or a
   random stretch of held-out text ("text": language modelling helps too). A model without
   in-context copying scores the same on both occurrences; one with it scores ~1 on the second.
 - passkey, in the text's own vocabulary: "the password is W." at depth d of held-out text, then
@@ -38,6 +40,7 @@ from tokenizer import for_meta  # noqa: E402
 
 LEAD = 8  # held-out tokens before the first copy: the span never starts at position 0
 PASSWORD = " the password is"
+KINDS = ("random", "frequent", "text")  # the copying probe's spans
 
 
 def text_vocab(haystack, limit=1_000_000):
@@ -46,22 +49,32 @@ def text_vocab(haystack, limit=1_000_000):
     return np.unique(np.asarray(haystack[:limit], dtype=np.int64))
 
 
+def token_frequencies(haystack, vocab, limit=1_000_000):
+    """The share of each id of vocab among the held-out text's first `limit` tokens."""
+    counts = np.bincount(np.asarray(haystack[:limit], dtype=np.int64), minlength=int(vocab.max()) + 1)[vocab]
+    return counts / counts.sum()
+
+
 def copying_batch(rng, haystack, n, k, gap, kind, vocab):
     """(x, first, second): n sequences lead | S | gap | S of LEAD + 2k + gap tokens (n, L), and
-    the positions where each occurrence of S starts. kind 'random': S is k distinct ids of vocab;
-    'text': a random stretch of haystack."""
+    the positions where each occurrence of S starts. kind 'random': S is k distinct ids of vocab,
+    uniformly; 'frequent': k distinct ids of vocab drawn by their frequency in haystack; 'text': a
+    random stretch of haystack."""
     L = LEAD + 2 * k + gap
-    if kind == "random" and len(vocab) < k:
+    if kind in ("random", "frequent") and len(vocab) < k:
         raise ValueError(f"the text has {len(vocab)} distinct tokens, fewer than a span of {k}")
     if len(haystack) < L:
         raise ValueError(f"the held-out text holds {len(haystack)} tokens, fewer than the {L} of one probe")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    p = token_frequencies(haystack, vocab) if kind == "frequent" else None
     rows = []
     for _ in range(n):
         lead, filler = (np.asarray(haystack[s:s + m], dtype=np.int64)
                         for s, m in ((int(rng.integers(len(haystack) - LEAD)), LEAD),
                                      (int(rng.integers(len(haystack) - gap + 1)), gap)))
-        if kind == "random":
-            span = rng.choice(vocab, size=k, replace=False)
+        if kind in ("random", "frequent"):
+            span = rng.choice(vocab, size=k, replace=False, p=p)
         else:
             s = int(rng.integers(len(haystack) - k))
             span = np.asarray(haystack[s:s + k], dtype=np.int64)
@@ -87,6 +100,20 @@ def copying(model, haystack, k=16, gaps=(16, 64, 128), kind="random", n=100, see
             out[f"loss_{name}"] = F.cross_entropy(lg.reshape(-1, lg.size(-1)), y.reshape(-1)).item()
         res[gap] = out
     return res
+
+
+@torch.no_grad()
+def previous_token_share(model, haystack, n=32, seed=0):
+    """Per layer, the largest share of attention that any head puts on the previous token, mean
+    over the positions of n held-out windows of block_size tokens: ~1 for a previous-token head,
+    the first half of an induction head (Olsson et al. 2022), which must sit below the layer that
+    copies. A list of n_layer floats."""
+    T, rng = model.config.block_size, np.random.default_rng(seed)
+    starts = rng.integers(len(haystack) - T, size=n)
+    x = torch.from_numpy(np.stack([np.asarray(haystack[s:s + T], dtype=np.int64) for s in starts]))
+    _, att = model.attention(x.to(next(model.parameters()).device))  # (n_layer, n, n_head, T, T)
+    i = torch.arange(1, T)
+    return att[:, :, :, i, i - 1].mean(dim=(1, 3)).max(dim=1).values.tolist()  # (n_layer,)
 
 
 def needle_prompt(haystack, length, depth, needle, question, rng):
@@ -207,7 +234,7 @@ def main(argv=None):
                              f"and depths in [0, 1] (got {args.span}, {args.examples}, {args.depths})")
         dev = next(model.parameters()).device
         res = {kind: copying(model, haystack, args.span, gaps, kind, args.examples, args.seed, dev)
-               for kind in ("random", "text")}
+               for kind in KINDS}
         pk = passkey(model, tok, haystack, lengths, depths, args.examples, args.seed, dev)
     except ValueError as e:
         raise SystemExit(f"error: {e}")

@@ -4,6 +4,8 @@ retrieval task in the data), then probed zero-shot for the use of their context 
 
     python data/shakespeare_byte/prepare.py               # once: tiny Shakespeare, one token per byte
     python experiments/text.py --preset cpu               # the CPU grid (see PRESETS for its cost)
+    python data/stdlib/prepare.py --repeat 0.5 --out_dir data/stdlib_repeat   # once: Python source, BPE 1k
+    python experiments/text.py --preset stdlib            # the CPU regime in which copying forms
     python experiments/text.py --preset gpu               # a larger model and more tokens, one GPU
     python experiments/text.py --report results/text-cpu  # rewrite the report from runs.json alone
 
@@ -44,6 +46,14 @@ PRESETS = {
                            max_iters=1200, **MEAP_DEFAULTS),
                 stages=(200, 400, 800, 1200), ratios=(0.0, 0.05, 0.10, 0.15), seeds=(1, 2, 3), jobs=2, threads=1,
                 examples=100),
+    # 2 cores: 12 runs, two at a time, in the regime of experiments/pilots.py where copying forms:
+    # Python source under a 1k BPE, copied spans in half of the training text, emb_common
+    "stdlib": dict(train=dict(dataset="stdlib_repeat", emb_common=1.0, block_size=128, batch_size=8, n_layer=2,
+                              n_head=4, n_kv_head=4, n_embd=128, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100,
+                              eval_interval=1000, eval_iters=20, log_interval=500, device="cpu", dtype="float32",
+                              max_iters=6000, **MEAP_DEFAULTS),
+                   stages=(1000, 2000, 4000, 6000), ratios=(0.0, 0.05, 0.10, 0.15), seeds=(1, 2, 3), jobs=2,
+                   threads=1, examples=100),
     # one GPU: a 6-layer, 384-wide model on 512-byte contexts, 30M tokens per run; not yet run
     "gpu": dict(train=dict(dataset="shakespeare_byte", block_size=512, batch_size=64, n_layer=6, n_head=6,
                            n_kv_head=6, n_embd=384, learning_rate=1e-3, min_lr=1e-4, warmup_iters=200,
@@ -81,7 +91,7 @@ def do_run(run_dir, ratio, seed, settings, stages, threads, examples):
             train(run_dir, ratio, seed, dict(settings, max_iters=S, lr_decay_iters=stages[-1]), threads)
             model, _, hay, _ = probes.load(run_dir, device)
             write_json(path, {kind: probes.copying(model, hay, SPAN, gaps_of(T), kind, examples, SEED, device)
-                              for kind in ("random", "text")})
+                              for kind in probes.KINDS})
         curve.append([S, read_json(path)])  # {kind: {gap (str): {acc_first, acc_second, loss_first, ...}}}
     model, tok, hay, ckpt = probes.load(run_dir, device)
     att = probes.attention_on_text(model, hay, ckpt["mask_token_id"], examples, seed=SEED)
@@ -93,10 +103,14 @@ def do_run(run_dir, ratio, seed, settings, stages, threads, examples):
     res = {"val_loss": evals[-1]["val_loss"],
            "copy_random": final["random"][gap]["acc_second"],
            "copy_random_gain": final["random"][gap]["acc_second"] - final["random"][gap]["acc_first"],
+           "copy_frequent": final["frequent"][gap]["acc_second"],
+           "copy_text": final["text"][gap]["acc_second"],
            "copy_text_gain": final["text"][gap]["acc_second"] - final["text"][gap]["acc_first"],
+           "previous_token": probes.previous_token_share(model, hay, seed=SEED)[0],
            "passkey": float(np.mean(list(pk.values()))),
            **att,
            "steps_to_50": next((S for S, c in curve if c["random"][gap]["acc_second"] >= 0.5), float("nan")),
+           "steps_to_50_text": next((S for S, c in curve if c["text"][gap]["acc_second"] >= 0.5), float("nan")),
            "curve": curve,
            "passkey_grid": [{"depth": d, "length": L, "acc": a} for (d, L), a in pk.items()],
            "evals": [{"iter": m["iter"], "val_loss": m["val_loss"]} for m in evals]}
@@ -122,9 +136,13 @@ COLUMNS = [  # (suite key, column title, format)
     ("val_loss", "clean val loss", "{:.4f}"),
     ("copy_random", "copying: 2nd copy accuracy (random span)", "{:.3f}"),
     ("copy_random_gain", "copying: 2nd - 1st (random)", "{:+.3f}"),
+    ("copy_frequent", "copying: 2nd copy (frequent-token span)", "{:.3f}"),
+    ("copy_text", "copying: 2nd copy (text span)", "{:.3f}"),
     ("copy_text_gain", "copying: 2nd - 1st (text span)", "{:+.3f}"),
     ("passkey", "passkey", "{:.3f}"),
     ("steps_to_50", "step copying passes 0.5", "{:.0f}"),
+    ("steps_to_50_text", "step text copying passes 0.5", "{:.0f}"),
+    ("previous_token", "layer 0's previous-token share", "{:.3f}"),
 ]
 ATTENTION = [  # the paper's §5 metrics on held-out text, clean against a copy masked at 0.15
     ("score_change", "masked score change", "{:+.3f}"),
@@ -135,9 +153,16 @@ ATTENTION = [  # the paper's §5 metrics on held-out text, clean against a copy 
 ]
 
 
+def curve_kinds(run):
+    """The span kinds the report shows by step: random spans; and text spans too in the grids that
+    probed every kind of probes.KINDS (the older ones show random spans alone)."""
+    return ["random", "text"] if "frequent" in run["curve"][0][1] else ["random"]
+
+
 def figure(results, ratios, seeds):
-    """Copying accuracy (random spans, the largest gap) over training, per mask ratio, against the
-    first copy; and the passkey accuracy by depth x length for NTP and the largest MEAP ratio."""
+    """Copying accuracy (the last of curve_kinds, the largest gap) over training, per mask ratio,
+    against the first copy; and the passkey accuracy by depth x length for NTP and the largest
+    MEAP ratio."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
@@ -147,12 +172,12 @@ def figure(results, ratios, seeds):
     for r, c in zip(ratios, colors):
         runs = [results[(r, s)] for s in seeds_of(results, r, seeds)]
         steps = [S for S, _ in runs[0]["curve"]]
-        gap = max(runs[0]["curve"][0][1]["random"], key=int)
+        gap, kind = max(runs[0]["curve"][0][1]["random"], key=int), curve_kinds(runs[0])[-1]
         for which, ls in (("acc_second", "-"), ("acc_first", ":")):
-            m = np.mean([[c_["random"][gap][which] for _, c_ in run["curve"]] for run in runs], axis=0)
+            m = np.mean([[c_[kind][gap][which] for _, c_ in run["curve"]] for run in runs], axis=0)
             ax.plot(steps, m, ls, color=c, marker="o" if ls == "-" else None,
                     label=("NTP" if r == 0 else f"MEAP {r:.2f}") + (", 2nd copy" if ls == "-" else ", 1st copy"))
-    ax.set(title=f"zero-shot copying (random {SPAN}-token span, gap {gap})", xlabel="step",
+    ax.set(title=f"zero-shot copying ({kind} {SPAN}-token span, gap {gap})", xlabel="step",
            ylabel="accuracy (mean over seeds)", ylim=(-0.02, 1.02))
     ax.legend(fontsize=7)
     for a, r in zip(heat, (ratios[0], ratios[-1])):
@@ -179,20 +204,24 @@ def report(out):
     grid = read_json(os.path.join(out, "grid.json"))
     data, results = load_runs(out)
     ratios, seeds = sorted({r for r, _ in results}), sorted({s for _, s in results})
-    md = summary(results, ratios, seeds, COLUMNS)
+    # the columns every run has (grids from before the frequent-token probe lack a few)
+    columns = [c for c in COLUMNS if all(c[0] in run for run in results.values())]
+    md = summary(results, ratios, seeds, columns)
     md += ("\nAttention (the paper's §5) on held-out text: each checkpoint on clean windows and on copies with "
            "15% of the positions masked (experiments/attention.py's metrics). " + summary(results, ratios, seeds, ATTENTION))
-    lines = ["\nCopying accuracy on the 2nd copy of a random span by step and gap, mean over seeds "
-             "(the 1st copy in brackets: what the model gets without copying).\n"]
     some = results[(ratios[0], seeds_of(results, ratios[0], seeds)[0])]
     gaps = list(some["curve"][0][1]["random"])
-    lines += ["| mask_ratio | step | " + " | ".join(f"gap {g}" for g in gaps) + " |\n", "|---" * (len(gaps) + 2) + "|\n"]
-    for r in ratios:
-        runs = [results[(r, s)] for s in seeds_of(results, r, seeds)]
-        for k, (S, _) in enumerate(runs[0]["curve"]):
-            cell = [f"{mean_sd([run['curve'][k][1]['random'][g]['acc_second'] for run in runs])[0]:.3f} "
-                    f"({mean_sd([run['curve'][k][1]['random'][g]['acc_first'] for run in runs])[0]:.3f})" for g in gaps]
-            lines.append(f"| {r:.2f} | {S} | " + " | ".join(cell) + " |\n")
+    lines = []
+    for kind in curve_kinds(some):
+        lines += [f"\nCopying accuracy on the 2nd copy of a {kind} span by step and gap, mean over seeds "
+                  "(the 1st copy in brackets: what the model gets without copying).\n",
+                  "| mask_ratio | step | " + " | ".join(f"gap {g}" for g in gaps) + " |\n", "|---" * (len(gaps) + 2) + "|\n"]
+        for r in ratios:
+            runs = [results[(r, s)] for s in seeds_of(results, r, seeds)]
+            for k, (S, _) in enumerate(runs[0]["curve"]):
+                cell = [f"{mean_sd([run['curve'][k][1][kind][g]['acc_second'] for run in runs])[0]:.3f} "
+                        f"({mean_sd([run['curve'][k][1][kind][g]['acc_first'] for run in runs])[0]:.3f})" for g in gaps]
+                lines.append(f"| {r:.2f} | {S} | " + " | ".join(cell) + " |\n")
     commands = "\n".join(f"`{c}`" for c in data["commands"])
     settings = ", ".join(f"{k}={v}" for k, v in grid["settings"].items() if k in (
         "dataset", "n_layer", "n_embd", "block_size", "batch_size", "learning_rate"))

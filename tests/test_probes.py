@@ -118,7 +118,7 @@ def test_the_cli_probes_a_text_run_and_refuses_what_it_cannot_probe_in_one_line(
     code, stdout, _ = run_inprocess("experiments/probes.py", "--out_dir", str(out), "--examples", "4", "--device", "cpu")
     assert code == 0 and "copying random span 16 gap   16: accuracy first" in stdout and "passkey depth 1.00 length 88" in stdout
     saved = json.load(open(out / "probes.json"))
-    assert saved["step"] == 2 and set(saved["copying"]) == {"random", "text"} and len(saved["passkey"]) == 6
+    assert saved["step"] == 2 and set(saved["copying"]) == set(probes.KINDS) and len(saved["passkey"]) == 6
     for args, msg in [(["--out_dir", str(tiny_ckpt)], "was trained on the synthetic tasks"),
                       (["--out_dir", str(tmp_path)], "no checkpoint at"),
                       (["--out_dir", str(out), "--span", "50"], "need --span >= 2 with 8 + 2 x span + 16 <= block_size 96"),

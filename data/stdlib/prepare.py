@@ -5,7 +5,7 @@ within a file: the in-context repetition from which copying (induction heads) is
 
     python data/stdlib/prepare.py                         # a 1,024-token BPE over this Python's stdlib
     python data/stdlib/prepare.py --vocab_size 2048       # another vocabulary
-    python data/stdlib/prepare.py --repeat 0.5 --out_dir data/stdlib_repeat   # train.bin with copied spans
+    python data/stdlib/prepare.py --repeat 1 --out_dir data/stdlib_dense   # with copied spans (text.py --preset stdlib)
 
 The documents are the .py files under sysconfig's stdlib path, test suites and site-packages left
 out, in sorted order; one in 20 (chosen by a hash of its path) is held out as val.bin. The BPE
@@ -13,8 +13,8 @@ out, in sorted order; one in 20 (chosen by a hash of its path) is held out as va
 The corpus is whatever Python runs this script: another Python version gives other text (the
 script prints the version, and meta.pkl keeps it).
 
---repeat R copies, in a share R of the 128-token stretches of train.bin (--repeat_block), one span
-of 16-48 tokens (--repeat_span) to a later place in the same stretch, over what stood there: text
+--repeat R copies, in a share R of the 64-token stretches of train.bin (--repeat_block), one span
+of 8-24 tokens (--repeat_span) to a later place in the same stretch, over what stood there: text
 shown twice at varied distances, as web text repeats itself. It is an augmentation, not the paper's
 data; val.bin is never touched. Expected output (Python 3.11.7, about 10 seconds):
 
@@ -22,9 +22,9 @@ data; val.bin is never touched. Expected output (Python 3.11.7, about 10 seconds
     bpe (1,024 ids, [MASK] = 1024), trained on the train files
     train.bin 4,073,097 tokens, val.bin 251,041 tokens, meta.pkl -> data/stdlib
 
-and with --repeat 0.5 --out_dir data/stdlib_repeat, the line before the last:
+and with the copied spans of the command above, the line before the last:
 
-    train.bin: a copied span of 16-48 tokens in 15,892 of its 31,821 stretches of 128
+    train.bin: a copied span of 8-24 tokens in 63,642 of its 63,642 stretches of 64
 """
 
 import argparse
@@ -84,8 +84,8 @@ def main(argv=None):
                     help="where to write (default: this script's folder)")
     ap.add_argument("--root", default=None, help="a folder of .py files to use instead of the standard library")
     ap.add_argument("--repeat", type=float, default=0.0, help="share of train.bin's stretches given a copied span")
-    ap.add_argument("--repeat_block", type=int, default=128, help="tokens per stretch (a copy stays inside one)")
-    ap.add_argument("--repeat_span", default="16,48", help="shortest,longest copied span in tokens")
+    ap.add_argument("--repeat_block", type=int, default=64, help="tokens per stretch (a copy stays inside one)")
+    ap.add_argument("--repeat_span", default="8,24", help="shortest,longest copied span in tokens")
     ap.error = lambda msg: sys.exit(f"error: {msg} (--help lists the options)")
     args = ap.parse_args(argv)
     try:

@@ -304,6 +304,16 @@ def record_runs(out, results, command=None, key="mask_ratio", **extra):
 # -----------------------------------------------------------------------------
 # the command lines of the experiments
 
+# the command that prepares a dataset, where it is not data/NAME/prepare.py
+PREPARE = {"stdlib_dense": "python data/stdlib/prepare.py --repeat 1 --out_dir data/stdlib_dense",
+           "stdlib_repeat": "python data/stdlib/prepare.py --repeat 0.5 --repeat_block 128 --repeat_span 16,48 "
+                            "--out_dir data/stdlib_repeat"}
+
+
+def prepare_command(dataset):
+    return PREPARE.get(dataset, f"python data/{dataset}/prepare.py")
+
+
 def parse_list(text, kind):
     try:
         values = tuple(kind(v) for v in text.split(","))

@@ -4,7 +4,7 @@ retrieval task in the data), then probed zero-shot for the use of their context 
 
     python data/shakespeare_byte/prepare.py               # once: tiny Shakespeare, one token per byte
     python experiments/text.py --preset cpu               # the CPU grid (see PRESETS for its cost)
-    python data/stdlib/prepare.py --repeat 0.5 --out_dir data/stdlib_repeat   # once: Python source, BPE 1k
+    python data/stdlib/prepare.py --repeat 1 --out_dir data/stdlib_dense
     python experiments/text.py --preset stdlib            # the CPU regime in which copying forms
     python experiments/text.py --preset gpu               # a larger model and more tokens, one GPU
     python experiments/text.py --report results/text-cpu  # rewrite the report from runs.json alone
@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import tasks  # noqa: E402
 from experiments import probes  # noqa: E402
 from experiments.common import (apply_set, claim_out, grid_runs, interrupted, load_runs, mean_sd,  # noqa: E402
-                                parse_list, read_json, record_runs, save_png, seeds_of, summary, train,
+                                parse_list, prepare_command, read_json, record_runs, save_png, seeds_of, summary, train,
                                 write_json, write_text)
 from experiments.compare import MEAP_DEFAULTS  # noqa: E402
 
@@ -47,9 +47,9 @@ PRESETS = {
                 stages=(200, 400, 800, 1200), ratios=(0.0, 0.05, 0.10, 0.15), seeds=(1, 2, 3), jobs=2, threads=1,
                 examples=100),
     # 2 cores: 12 runs, two at a time, in the regime of experiments/pilots.py where copying forms:
-    # Python source under a 1k BPE, copied spans in half of the training text, emb_common
-    "stdlib": dict(train=dict(dataset="stdlib_repeat", emb_common=1.0, block_size=128, batch_size=8, n_layer=2,
-                              n_head=4, n_kv_head=4, n_embd=128, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100,
+    # Python source under a 1k BPE, a copied span in every 64 tokens of the training text, emb_common
+    "stdlib": dict(train=dict(dataset="stdlib_dense", emb_common=1.0, block_size=128, batch_size=8, n_layer=2,
+                              n_head=4, n_kv_head=4, n_embd=128, learning_rate=3e-3, min_lr=3e-4, warmup_iters=100,
                               eval_interval=1000, eval_iters=20, log_interval=500, device="cpu", dtype="float32",
                               max_iters=6000, **MEAP_DEFAULTS),
                    stages=(1000, 2000, 4000, 6000), ratios=(0.0, 0.05, 0.10, 0.15), seeds=(1, 2, 3), jobs=2,
@@ -270,7 +270,7 @@ def main(argv=None):
                          f"(got {ratios}, {seeds}, {examples} and {stages})")
     data = os.path.join("data", str(settings["dataset"]), "train.bin")
     if not os.path.exists(data):
-        raise SystemExit(f"error: {data} not found; prepare it first: python data/{settings['dataset']}/prepare.py")
+        raise SystemExit(f"error: {data} not found; prepare it first: {prepare_command(settings['dataset'])}")
     if not gaps_of(int(settings["block_size"])):
         raise SystemExit(f"error: block_size {settings['block_size']} is too short for the copying probe "
                          f"(at least {probes.LEAD + 2 * SPAN + 16})")

@@ -114,14 +114,23 @@ def report(out):
             lines.append(f"| {p['pilot']} | {st['step']:,} | {st['tokens'] / 1e6:.1f}M | {st['val_loss']:.4f} | {share} | "
                          + " | ".join(cells) + " |\n")
         verdicts.append(verdict(p, gaps))
+    summary = ["| pilot | step | clean val loss | layer 0's previous-token share | random span, gap 16: 2nd copy "
+               "(1st) | frequent span, gap 16 | text span, gap 16 | text span, gap 64 |\n", "|---" * 8 + "|\n"]
+    for p in pilots:
+        st = p["stages"][-1]
+        c = [st["copying"][kind][g] for kind, g in (("random", gaps[0]), ("frequent", gaps[0]), ("text", gaps[0]),
+                                                     ("text", gaps[-1]))]
+        summary.append(f"| {p['pilot']} | {st['step']:,} | {st['val_loss']:.4f} | {st['previous_token'][0]:.2f} | "
+                       + " | ".join(f"{r['acc_second']:.3f} ({r['acc_first']:.3f})" for r in c) + " |\n")
     settings = ", ".join(f"{k}={v}" for k, v in pilots[0]["settings"].items() if k in BASE and k != "device")
-    md = (f"`python experiments/pilots.py`, then `python experiments/pilots.py --report {out}` (this file, from the "
+    md = (f"`python experiments/pilots.py`, then `python experiments/pilots.py --report DIR` (this file, from the "
           f"pilots' NAME.json alone). One NTP run per pilot (seed {BASE['seed']}): {settings}; the differences "
           f"are named below. Copying: greedy accuracy on the 1st and the 2nd occurrence of a {SPAN}-token span, "
           f"{EXAMPLES} held-out probes per cell (probes.py).\n\n"
           + "".join(f"- **{p['pilot']}**: {p['what']} ({', '.join(f'{k}={v}' for k, v in p['settings'].items() if BASE.get(k) != v)})\n"
                     for p in pilots)
-          + "\n" + "".join(lines) + "\n" + "".join(verdicts))
+          + "\nThe last stage of each (the 1st copy in brackets: what the model gets without copying):\n\n"
+          + "".join(summary) + "\nEvery stage:\n\n" + "".join(lines) + "\n" + "".join(verdicts))
     write_text(os.path.join(out, "results.md"), md)
     return md
 

@@ -199,14 +199,17 @@ def figure(results, ratios, seeds):
     return fig
 
 
+def columns(results):
+    """The COLUMNS every run has: grids from before the frequent-token probe lack a few."""
+    return [c for c in COLUMNS if all(c[0] in run for run in results.values())]
+
+
 def report(out):
     """Write out/results.md and out/results.png from out/grid.json and out/runs.json alone."""
     grid = read_json(os.path.join(out, "grid.json"))
     data, results = load_runs(out)
     ratios, seeds = sorted({r for r, _ in results}), sorted({s for _, s in results})
-    # the columns every run has (grids from before the frequent-token probe lack a few)
-    columns = [c for c in COLUMNS if all(c[0] in run for run in results.values())]
-    md = summary(results, ratios, seeds, columns)
+    md = summary(results, ratios, seeds, columns(results))
     md += ("\nAttention (the paper's §5) on held-out text: each checkpoint on clean windows and on copies with "
            "15% of the positions masked (experiments/attention.py's metrics). " + summary(results, ratios, seeds, ATTENTION))
     some = results[(ratios[0], seeds_of(results, ratios[0], seeds)[0])]

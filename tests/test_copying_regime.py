@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import tokenizer
-from experiments import pilots, probes
+from experiments import pilots, probes, text
 from helpers import ROOT, run_inprocess, run_script
 from model import GPT, GPTConfig
 
@@ -188,6 +188,17 @@ def test_previous_token_share_reads_the_attention_weights():
         assert share[layer] == pytest.approx(max(per_head), abs=1e-6)
     # at init attention is near uniform: about the mean of 1/(t+1) over positions, far from a previous-token head
     assert all(0.05 < s < 0.3 for s in share)
+
+
+def test_the_text_report_adds_copying_at_gap_16_only_where_every_kind_was_probed():
+    def curve(kinds):
+        return [[6, {k: {"16": {"acc_second": 0.5 + i / 10}, "64": {"acc_second": 0.1}} for i, k in enumerate(kinds)}]]
+
+    new, old = {"curve": curve(probes.KINDS)}, {"curve": curve(["random", "text"])}
+    text.add_shortest_gap({(0.0, 1): new, (0.0, 2): old})
+    assert (new["copy_random_16"], new["copy_frequent_16"]) == (0.5, 0.6)  # the last stage, gap 16, 2nd copy
+    assert "copy_random_16" not in old  # a grid from before the frequent-token probe keeps its columns
+    assert "copy_random_16" not in {c[0] for c in text.columns({(0.0, 2): old, (0.0, 1): new})}
 
 
 # --- experiments/pilots.py ---

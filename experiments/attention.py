@@ -298,6 +298,9 @@ def report(grid):
     control = {("untrained", run["seed"]): run for run in data["untrained"]}
     ratios, seeds = sorted({r for r, _ in results}), sorted({s for _, s in results})
     md = common.summary(results, ratios, seeds, COLUMNS)
+    md += ("\nThe unmasked variance change minus what renormalising alone gives, within each run, paired by seed: "
+           f"mean [95% paired-t interval] and its verdict{common.VERDICTS}.\n"
+           + common.within(results, ratios, seeds, "var_change", "var_change_renorm"))
     md += "\nControl: the same seeds' weights before training (step 0).\n\n" + \
         common.summary(control, ["untrained"], seeds, COLUMNS, names={"untrained": "untrained"})
     common.write_text(os.path.join(grid, "attention.md"), f"`{data['command']}`\n\nPer-run data: "

@@ -225,15 +225,46 @@ def seeds_of(results, row, seeds):
     return [s for s in seeds if (row, s) in results]
 
 
+VERDICTS = " (gain or loss where the interval excludes 0; higher or lower where neither side is better)"
+
+
+def verdict(d, h, better=None):
+    """The word a paired difference d ± h (95% interval) earns: "no measurable difference" unless the
+    interval excludes 0; then "gain" or "loss" where the column says which side is better
+    ("higher" or "lower"), else just "higher" or "lower". Without an interval (one seed), no word."""
+    if math.isnan(d) or math.isnan(h):
+        return "no interval"
+    if d - h <= 0 <= d + h:
+        return "no measurable difference"
+    if better is None:
+        return "higher" if d > 0 else "lower"
+    return "gain" if (d > 0) == (better == "higher") else "loss"
+
+
 def diff_cells(a, b, columns, seeds):
-    """Cells of a - b paired by seed, mean [95% paired-t interval], for each (key, title, format)
-    column; a and b map a seed to a run's dict."""
+    """Cells of a - b paired by seed, "mean [95% paired-t interval] verdict", for each column
+    (key, title, format[, better]); a and b map a seed to a run's dict."""
     cells = []
-    for key, _, fmt in columns:
+    for key, _, fmt, *better in columns:
         d, h = paired_ci([a[s][key] for s in seeds], [b[s][key] for s in seeds])
-        cells.append(f"{fmt.format(d)} [{fmt.format(d - h)}, {fmt.format(d + h)}]" if not math.isnan(h)
-                     else fmt.format(d))
+        if not math.isnan(h):
+            cells.append(f"{fmt.format(d)} [{fmt.format(d - h)}, {fmt.format(d + h)}] {verdict(d, h, *better)}")
+        else:  # fewer than two seeds where both sides have a value (a NaN is "never")
+            cells.append("n/a" if math.isnan(d) else f"{fmt.format(d)} (one seed, no interval)")
     return cells
+
+
+def within(results, ratios, seeds, key, control, fmt="{:+.3f}"):
+    """Markdown lines: per row, results[key] minus results[control] of the same runs, paired by seed,
+    with its verdict (a measure against its own control, e.g. a metric against what renormalising
+    alone gives)."""
+    lines = []
+    for r in ratios:
+        both = seeds_of(results, r, seeds)
+        a, b = ({s: {"d": results[(r, s)][k]} for s in both} for k in (key, control))
+        label = f"{r:.2f}{' (NTP)' if r == 0 else ''}" if isinstance(r, float) else str(r)
+        lines.append(f"- {label}: " + diff_cells(a, b, [("d", "", fmt)], both)[0] + "\n")
+    return "".join(lines)
 
 
 def summary(results, ratios, seeds, columns, names=None, baseline=0.0, first="mask_ratio"):
@@ -257,7 +288,7 @@ def summary(results, ratios, seeds, columns, names=None, baseline=0.0, first="ma
                                                                      if uneven else "") + ".\n", head]
     for r in ratios:
         cells = []
-        for key, _, fmt in columns:
+        for key, _, fmt, *_ in columns:
             m, sd = mean_sd(vals(r, key))
             n_nan = int(np.isnan(vals(r, key)).sum())
             if n_nan == len(vals(r, key)):
@@ -268,7 +299,7 @@ def summary(results, ratios, seeds, columns, names=None, baseline=0.0, first="ma
         lines.append(f"| {name(r)} | " + " | ".join(cells) + " |\n")
     if baseline in ratios and len(ratios) > 1:
         minus = "MEAP - NTP" if baseline == 0.0 else f"Minus {name(baseline)}"
-        lines += [f"\n{minus}, paired by seed: mean [95% paired-t interval].\n", head]
+        lines += [f"\n{minus}, paired by seed: mean [95% paired-t interval] and its verdict{VERDICTS}.\n", head]
         base = {s: results[(baseline, s)] for s in seeds_of(results, baseline, seeds)}
         for r in ratios:
             if r != baseline:

@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import tasks  # noqa: E402
 from experiments.common import (apply_set, claim_out, diff_cells, grid_runs, interrupted, load_model,  # noqa: E402
                                 load_runs, mean_sd, parse_list, read_json, record_runs, run_name, save_png,
-                                seeds_of, steps_to, summary, train, write_json, write_text)
+                                seeds_of, steps_to, summary, train, VERDICTS, write_json, write_text)
 
 # train.py's defaults for how MEAP masks and how the model starts, written into every preset so that
 # each grid's grid.json records them (the paper's uniform [MASK]; --set changes them per grid)
@@ -178,16 +178,16 @@ def run_grid(out, ratios, seeds, settings, jobs=1, threads=1, examples=400, ntp_
 # -----------------------------------------------------------------------------
 # the report
 
-COLUMNS = [  # (suite key, column title, format)
-    ("needle", "needle", "{:.3f}"),
-    ("needle_2x", "needle, 2x distractors", "{:.3f}"),
-    ("needle_mq", "needle, 2 queries", "{:.3f}"),
-    ("mqar", "MQAR", "{:.3f}"),
-    ("mqar_2x", "MQAR, 2x pairs (OOD)", "{:.3f}"),
-    ("kv", "kv, 2x pairs (LitM)", "{:.3f}"),
-    ("filler_excess", "filler loss - floor", "{:.4f}"),
-    ("val_loss", "val loss", "{:.4f}"),
-    ("steps_to_90", "steps to 90%", "{:.0f}"),
+COLUMNS = [  # (suite key, column title, format, which side of a difference is a gain)
+    ("needle", "needle", "{:.3f}", "higher"),
+    ("needle_2x", "needle, 2x distractors", "{:.3f}", "higher"),
+    ("needle_mq", "needle, 2 queries", "{:.3f}", "higher"),
+    ("mqar", "MQAR", "{:.3f}", "higher"),
+    ("mqar_2x", "MQAR, 2x pairs (OOD)", "{:.3f}", "higher"),
+    ("kv", "kv, 2x pairs (LitM)", "{:.3f}", "higher"),
+    ("filler_excess", "filler loss - floor", "{:.4f}", "lower"),
+    ("val_loss", "val loss", "{:.4f}", "lower"),
+    ("steps_to_90", "steps to 90%", "{:.0f}", "lower"),
 ]
 
 
@@ -214,7 +214,8 @@ def against_table(results, other, seeds, columns, label):
     """Markdown: this grid minus another grid at every mask ratio both have, paired by seed (the
     seeds both have), for the (key, title, format) columns; label names the other grid."""
     head = "| mask_ratio | " + " | ".join(c[1] for c in columns) + " |\n" + "|---" * (len(columns) + 1) + "|\n"
-    lines = [f"\nThis grid minus {label}, at the same mask_ratio, paired by seed: mean [95% paired-t interval].\n",
+    lines = [f"\nThis grid minus {label}, at the same mask_ratio, paired by seed: mean [95% paired-t interval] and its "
+             f"verdict{VERDICTS}.\n",
              head]
     for r in sorted({r for r, _ in results} & {r for r, _ in other}):
         both = [s for s in seeds_of(results, r, seeds) if (r, s) in other]

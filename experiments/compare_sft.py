@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import tasks  # noqa: E402
 from experiments.common import (ROOT, apply_set, claim_out, diff_cells, in_parallel, interrupted,  # noqa: E402
                                 load_model, load_runs, mean_sd, paired_ci, parse_list, read_json, record_runs,
-                                save_png, steps_to, summary, train, write_json, write_text)
+                                save_png, steps_to, summary, train, verdict, VERDICTS, write_json, write_text)
 from experiments.compare import MEAP_DEFAULTS  # noqa: E402
 
 ARMS = {  # name: (train.py --sft, --mask_ratio; None = the preset's ratio)
@@ -132,14 +132,14 @@ def table(results, arms, seeds, n_docs):
     """Markdown: the position-averaged accuracy and steps to 50% per arm (mean ± sd over seeds),
     each arm minus NTP-SFT paired by seed, and the accuracy by gold position."""
     rows = ["base"] + list(arms)
-    cols = [("acc_qa", "exact match, mean over positions", "{:.3f}"),
-            ("acc_qa_token", "answer tokens right", "{:.3f}"),
-            ("acc_qa_first", "first answer token (the lookup)", "{:.3f}")]
-    cols += [(f"acc_qa_g{k}", f"gold {k}", "{:.3f}") for k in sorted({1, (n_docs + 1) // 2, n_docs})]
+    cols = [("acc_qa", "exact match, mean over positions", "{:.3f}", "higher"),
+            ("acc_qa_token", "answer tokens right", "{:.3f}", "higher"),
+            ("acc_qa_first", "first answer token (the lookup)", "{:.3f}", "higher")]
+    cols += [(f"acc_qa_g{k}", f"gold {k}", "{:.3f}", "higher") for k in sorted({1, (n_docs + 1) // 2, n_docs})]
     md = summary(results, rows, seeds, cols, names=LABELS, baseline="ntp", first="fine-tuning")
     if "duplicate" in arms and "concat" in arms:  # what the mask adds to the duplication alone
         md += ("\nWhat the mask adds: concat minus the duplicate control (the same layout, no mask), paired by "
-               "seed: mean [95% paired-t interval].\n| fine-tuning | " + " | ".join(c[1] for c in cols) + " |\n" +
+               f"seed: mean [95% paired-t interval] and its verdict{VERDICTS}.\n| fine-tuning | " + " | ".join(c[1] for c in cols) + " |\n" +
                "|---" * (len(cols) + 1) + "|\n")
         concat, dup = ({s: results[(a, s)] for s in seeds} for a in ("concat", "duplicate"))
         md += f"| {LABELS['concat']} | " + " | ".join(diff_cells(concat, dup, cols, seeds)) + " |\n"
@@ -153,6 +153,13 @@ def table(results, arms, seeds, n_docs):
         cell = "n/a" if a == "base" else "never" if never == len(seeds) else \
             f"{mean_sd(steps)[0]:.0f}" + (f" ({never} never)" if never else "")
         md += f"| {LABELS[a]} | " + " | ".join(f"{v:.3f}" for v in accs) + f" | {cell} |\n"
+    # lost in the middle, or not: the first gold position against the last, within each arm
+    md += (f"\nGold document 1 minus gold document {n_docs}, within each arm, paired by seed: mean [95% paired-t "
+           f"interval] and its verdict{VERDICTS}.\n")
+    for a in arms:
+        first = {s: {"d": results[(a, s)]["acc_qa_g1"]} for s in seeds}
+        last = {s: {"d": results[(a, s)][f"acc_qa_g{n_docs}"]} for s in seeds}
+        md += f"- {LABELS[a]}: " + diff_cells(first, last, [("d", "", "{:+.3f}")], seeds)[0] + "\n"
     return md
 
 
@@ -201,7 +208,8 @@ def report(out):
     if "concat" in arms:
         d, h = paired_ci(*([results[(a, s)]["acc_qa"] for s in seeds] for a in ("concat", "ntp")))
         line = (f"MEAP-SFT (concat) - NTP-SFT, averaged over positions: {100 * d:+.1f} points "
-                f"[{100 * (d - h):+.1f}, {100 * (d + h):+.1f}] (the paper: +11.77 on 20-document QA, Llama-3-8B)")
+                f"[{100 * (d - h):+.1f}, {100 * (d + h):+.1f}] {verdict(d, h, 'higher')} (the paper: +11.77 on "
+                f"20-document QA, Llama-3-8B)")
     commands = "\n".join(f"`{c}`" for c in data["commands"])
     write_text(os.path.join(out, "results.md"), f"{commands}\n\nPer-run data: [runs.json](runs.json), from which "
                f"`python experiments/compare_sft.py --report DIR` rewrites this file and results.png.\n\n{md}")

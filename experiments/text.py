@@ -34,7 +34,7 @@ import tasks  # noqa: E402
 from experiments import probes  # noqa: E402
 from experiments.common import (apply_set, claim_out, grid_runs, interrupted, load_runs, mean_sd,  # noqa: E402
                                 parse_list, prepare_command, read_json, record_runs, save_png, seeds_of, summary, train,
-                                write_json, write_text)
+                                VERDICTS, within, write_json, write_text)
 from experiments.compare import MEAP_DEFAULTS  # noqa: E402
 
 SEED = [tasks.VAL_SEED, tasks.TEXT_PROBES]  # the probes' held-out draws
@@ -132,21 +132,22 @@ def run_grid(out, ratios, seeds, settings, stages, jobs, threads, examples):
 # -----------------------------------------------------------------------------
 # the report: a pure function of runs.json and grid.json
 
-COLUMNS = [  # (suite key, column title, format)
-    ("val_loss", "clean val loss", "{:.4f}"),
-    ("copy_random", "copying: 2nd copy accuracy (random span)", "{:.3f}"),
-    ("copy_random_gain", "copying: 2nd - 1st (random)", "{:+.3f}"),
-    ("copy_random_16", "copying: 2nd copy (random span, gap 16)", "{:.3f}"),
-    ("copy_frequent", "copying: 2nd copy (frequent-token span)", "{:.3f}"),
-    ("copy_frequent_16", "copying: 2nd copy (frequent-token span, gap 16)", "{:.3f}"),
-    ("copy_text", "copying: 2nd copy (text span)", "{:.3f}"),
-    ("copy_text_gain", "copying: 2nd - 1st (text span)", "{:+.3f}"),
-    ("passkey", "passkey", "{:.3f}"),
-    ("steps_to_50", "step copying passes 0.5", "{:.0f}"),
-    ("steps_to_50_text", "step text copying passes 0.5", "{:.0f}"),
+COLUMNS = [  # (suite key, column title, format, which side of a difference is a gain; none: a mechanism)
+    ("val_loss", "clean val loss", "{:.4f}", "lower"),
+    ("copy_random", "copying: 2nd copy accuracy (random span)", "{:.3f}", "higher"),
+    ("copy_random_gain", "copying: 2nd - 1st (random)", "{:+.3f}", "higher"),
+    ("copy_random_16", "copying: 2nd copy (random span, gap 16)", "{:.3f}", "higher"),
+    ("copy_frequent", "copying: 2nd copy (frequent-token span)", "{:.3f}", "higher"),
+    ("copy_frequent_16", "copying: 2nd copy (frequent-token span, gap 16)", "{:.3f}", "higher"),
+    ("copy_text", "copying: 2nd copy (text span)", "{:.3f}", "higher"),
+    ("copy_text_gain", "copying: 2nd - 1st (text span)", "{:+.3f}", "higher"),
+    ("passkey", "passkey", "{:.3f}", "higher"),
+    ("steps_to_50", "step copying passes 0.5", "{:.0f}", "lower"),
+    ("steps_to_50_text", "step text copying passes 0.5", "{:.0f}", "lower"),
     ("previous_token", "layer 0's previous-token share", "{:.3f}"),
 ]
-ATTENTION = [  # the paper's §5 metrics on held-out text, clean against a copy masked at 0.15
+ATTENTION = [  # the paper's §5 metrics on held-out text, clean against a copy masked at 0.15 (mechanisms:
+    # a difference is higher or lower, never a gain)
     ("score_change", "masked score change", "{:+.3f}"),
     ("var_change", "unmasked variance change", "{:+.3f}"),
     ("var_change_renorm", "(renormalising alone)", "{:+.3f}"),
@@ -225,6 +226,9 @@ def report(out):
     md = summary(results, ratios, seeds, columns(results))
     md += ("\nAttention (the paper's §5) on held-out text: each checkpoint on clean windows and on copies with "
            "15% of the positions masked (experiments/attention.py's metrics). " + summary(results, ratios, seeds, ATTENTION))
+    md += ("\nThe unmasked variance change minus what renormalising alone gives, within each run, paired by seed: "
+           f"mean [95% paired-t interval] and its verdict{VERDICTS}.\n"
+           + within(results, ratios, seeds, "var_change", "var_change_renorm"))
     some = results[(ratios[0], seeds_of(results, ratios[0], seeds)[0])]
     gaps = list(some["curve"][0][1]["random"])
     lines = []

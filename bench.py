@@ -45,6 +45,7 @@ seconds = 20.0  # timed seconds per objective (and at least 3 blocks each)
 warmup = 3  # untimed steps per objective first
 mask_ratio = 0.15  # MEAP's ratio
 reference = ""  # a folder with another model.py (a nanoGPT checkout): time its forward+backward beside ours
+out = ""  # also write the table to this file (e.g. results/bench/cpu.md), headed by the command, commit and date
 # -----------------------------------------------------------------------------
 configurator.apply(sys.argv[1:], globals())
 
@@ -207,29 +208,59 @@ def compare_reference(RefGPT, RefConfig, cfg):
             f"{statistics.median(times['reference']) * 1e3:.1f} | {mid:.3f} [{lo:.3f}, {hi:.3f}] |")
 
 
+lines = []  # the table, printed as it is measured and written to `out` at the end
+
+
+def emit(line):
+    print(line, flush=True)
+    lines.append(line)
+
+
+def save_table():
+    """Write the table to `out` (atomically), headed by what produced it, so a figure quoted elsewhere
+    has a committed file behind it."""
+    if not out:
+        return
+    import subprocess
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    except OSError:
+        commit = "unknown"
+    head = (f"`{' '.join(['python bench.py'] + sys.argv[1:])}` at commit {commit}, "
+            f"{time.strftime('%Y-%m-%d', time.gmtime())}\n\n")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".tmp", "w") as f:
+        f.write(head + "\n".join(lines) + "\n")
+    os.replace(out + ".tmp", out)
+    print(f"wrote {out}")
+
+
 threads = torch.get_num_threads()  # OMP_NUM_THREADS sets it
 name = torch.cuda.get_device_name(device) if device_type == "cuda" else f"{device_type}, {threads} thread{'s' * (threads > 1)}"
 if reference:
     RefGPT, RefConfig = load_reference(reference)
-    print(f"device: {name} | {dtype} | compile {compile} | torch {torch.__version__} | forward+backward of model.py and "
-          f"{os.path.join(reference, 'model.py')} at the same shapes, blocks of {steps} alternating; "
-          f"ours/reference: median [quartiles] of paired blocks")
-    print("| shape | batch | params (ours) | params (reference) | ours ms | reference ms | ours/reference |")
-    print("|---|---|---|---|---|---|---|")
+    emit(f"device: {name} | {dtype} | compile {compile} | torch {torch.__version__} | forward+backward of model.py and "
+         f"{os.path.join(reference, 'model.py')} at the same shapes, blocks of {steps} alternating; "
+         f"ours/reference: median [quartiles] of paired blocks")
+    emit("| shape | batch | params (ours) | params (reference) | ours ms | reference ms | ours/reference |")
+    emit("|---|---|---|---|---|---|---|")
     for cfg in SHAPES.values():
-        print(compare_reference(RefGPT, RefConfig, cfg), flush=True)
+        emit(compare_reference(RefGPT, RefConfig, cfg))
+    save_table()
     sys.exit(0)
-print(f"device: {name} | {dtype} | compile {compile} | torch {torch.__version__} | "
-      f"blocks of {steps} steps, >= {seconds:g} s per objective; ms/step: median block; "
-      f"MEAP/NTP: median [quartiles] of paired blocks")
-print("| config | params | batch | NTP ms/step | MEAP ms/step | NTP tok/s | MEAP tok/s | MEAP/NTP | masking ms | MFU (NTP) |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+emit(f"device: {name} | {dtype} | compile {compile} | torch {torch.__version__} | "
+     f"blocks of {steps} steps, >= {seconds:g} s per objective; ms/step: median block; "
+     f"MEAP/NTP: median [quartiles] of paired blocks")
+emit("| config | params | batch | NTP ms/step | MEAP ms/step | NTP tok/s | MEAP tok/s | MEAP/NTP | masking ms | MFU (NTP) |")
+emit("|---|---|---|---|---|---|---|---|---|---|")
 for c in configs.split(","):
     if c == "gpt2" and device_type != "cuda":  # 124M at 16 x 1,024 tokens: minutes per step on a CPU
         cfg = CONFIGS[c]
         with torch.device("meta"):  # shapes only: counts the parameters without allocating them
             n = GPT(model_config(cfg)).num_params()
-        print(f"| {c} | {n / 1e6:.2f}M | {cfg['batch_size']}x{cfg['block_size']} | not measured: needs a CUDA GPU "
-              f"(results/README.md has the GPU figures) | - | - | - | - | - | - |")
+        emit(f"| {c} | {n / 1e6:.2f}M | {cfg['batch_size']}x{cfg['block_size']} | not measured: needs a CUDA GPU "
+             f"(results/bench/ has the GPU figures) | - | - | - | - | - | - |")
         continue
-    print(bench(c, CONFIGS[c]), flush=True)
+    emit(bench(c, CONFIGS[c]))
+save_table()

@@ -5,10 +5,15 @@ import pytest
 from helpers import ROOT, run_script
 
 
-def test_bench_prints_a_row_per_config_and_marks_what_it_cannot_measure():
+def test_bench_prints_a_row_per_config_and_marks_what_it_cannot_measure(tmp_path):
+    out = tmp_path / "bench" / "cpu.md"
     p = run_script("bench.py", "--configs", "default,gpt2", "--seconds", "0.2", "--steps", "1", "--warmup", "1",
-                   "--device", "cpu")
+                   "--device", "cpu", "--out", str(out))
     rows = [line for line in p.stdout.splitlines() if line.startswith("| ")]
+    # --out keeps the table, headed by the command that measured it, its commit and its date
+    saved = out.read_text().splitlines()
+    assert saved[0].startswith("`python bench.py --configs default,gpt2 ") and " at commit " in saved[0]
+    assert [line for line in saved if line.startswith("| ")] == rows
     assert rows[0].startswith("| config | params | batch | NTP ms/step | MEAP ms/step | NTP tok/s")
     default = rows[1].split(" | ")
     assert default[0] == "| default" and default[1] == "0.45M" and default[2] == "32x64"

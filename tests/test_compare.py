@@ -146,9 +146,20 @@ def test_every_committed_result_is_a_function_of_its_per_run_data(tmp_path):
             assert (folder / "attention.md").read_text() == committed, f"results/{name}/attention.md"
         checked += 1
     assert checked >= 9
-    # the text pilot, run stage by stage by hand: its README's table is what table.py prints from its data
-    p = run_script("results/text-pilot/table.py")
-    assert p.stdout in open(os.path.join(results, "text-pilot", "README.md")).read()
+    # folders of single runs made by hand (the text pilot, the default run, the Shakespeare preset): the
+    # table quoted in their README (or results/README.md) is what their table.py prints from their data
+    tables = sorted(name for name in os.listdir(results) if os.path.exists(os.path.join(results, name, "table.py")))
+    assert {"text-pilot", "default-run", "shakespeare-cpu"} <= set(tables)
+    for name in tables:
+        p = run_script(f"results/{name}/table.py")
+        readme = os.path.join(results, name, "README.md")
+        quoted = open(readme if os.path.exists(readme) else os.path.join(results, "README.md")).read()
+        assert p.stdout in quoted, f"results/{name}: the table its table.py prints is not the one quoted"
+    # the README's transcript of its first command: lines of that run's committed output
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    transcript = readme[readme.index("```\nMEAP, mask_ratio 0.15"):].split("```")[1].strip().splitlines()
+    log = open(os.path.join(results, "default-run", "meap", "train.log")).read().splitlines()
+    assert len(transcript) > 5 and all(line in log for line in transcript if line != "...")
 
 
 @pytest.mark.slow
@@ -207,17 +218,30 @@ def test_gpu_preset_trains_at_a_tiny_width_on_cpu(tmp_path):
     assert "[2/2]" in p.stdout and os.path.exists(tmp_path / "results.png")
 
 
-def test_the_readme_headline_is_the_committed_table():
-    """The README's results table is results/cpu/results.md's, some columns left out: nothing re-typed."""
-    cols = [0, 1, 5, 6, 7, 8, 9]  # mask_ratio, needle, MQAR 2x pairs, kv 2x pairs, filler, val loss, steps to 90%
-    rows = [line for line in open(os.path.join(ROOT, "results", "cpu", "results.md")) if line.startswith("| ")]
-    diffs = [r for r in rows[6:] if r.startswith(("| 0.05", "| 0.10", "| 0.15", "| 0.20"))][:4]  # MEAP - NTP, the table after the means
-    readme = open(os.path.join(ROOT, "README.md")).read()
-    for row in [rows[0], rows[1]] + diffs:  # the header, NTP's row, and MEAP - NTP at each ratio
-        cells = row.strip().strip("|").split(" | ")
-        assert "| " + " | ".join(cells[i].strip() for i in cols) + " |" in readme, row
-    # On text: the header, NTP's row and MEAP - NTP at each ratio of results/text-cpu/results.md
-    rows = [line for line in open(os.path.join(ROOT, "results", "text-cpu", "results.md")) if line.startswith("| ")]
-    for row in rows[:2] + rows[6:9]:
-        cells = row.strip().strip("|").split(" | ")
-        assert "| " + " | ".join(cells[i].strip() for i in (0, 1, 2, 5)) + " |" in readme, row
+def test_verdicts_follow_the_interval_and_the_better_side():
+    assert common.verdict(0.1, 0.05, "higher") == "gain" and common.verdict(0.1, 0.05, "lower") == "loss"
+    assert common.verdict(-0.1, 0.05, "higher") == "loss" and common.verdict(-0.1, 0.05, "lower") == "gain"
+    assert common.verdict(0.1, 0.1, "higher") == "no measurable difference"  # the interval touches 0
+    assert common.verdict(0.1, 0.2) == "no measurable difference"
+    assert (common.verdict(0.1, 0.05), common.verdict(-0.1, 0.05)) == ("higher", "lower")  # no better side
+    assert common.verdict(0.1, float("nan"), "higher") == "no interval"
+    a = {s: {"acc": v} for s, v in zip((1, 2, 3), (0.9, 0.8, float("nan")))}
+    b = {s: {"acc": 0.5} for s in (1, 2, 3)}
+    col = [("acc", "accuracy", "{:.3f}", "higher")]
+    assert common.diff_cells(a, b, col, [1, 2]) == ["0.350 [-0.285, 0.985] no measurable difference"]
+    assert common.diff_cells(a, b, col, [1, 3]) == ["0.400 (one seed, no interval)"]  # a NaN is "never"
+    assert common.diff_cells(a, b, col, [3]) == ["n/a"]
+
+
+def test_the_readme_summaries_are_what_the_data_give():
+    """Every digest table of README.md and results/README.md ("In short", "Beside the paper", the
+    README's copies of the reports) is what experiments/digest.py writes from the per-run data."""
+    from experiments import digest
+    blocks = 0
+    for name in digest.FILES:
+        md = open(os.path.join(ROOT, name)).read()
+        blocks += md.count("<!-- digest: ")
+        assert digest.render(md) == md, f"{name}: run python experiments/digest.py"
+    assert blocks == len(digest.TABLES)
+    with pytest.raises(SystemExit, match="unknown digest table 'nope'"):
+        digest.render("<!-- digest: nope -->\n<!-- end digest -->")

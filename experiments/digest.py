@@ -1,0 +1,248 @@
+"""
+The summary tables of results/README.md ("In short", "Beside the paper") and the README's copies of
+the reports, written from the folders' per-run data (runs.json, attention.json) alone, so that no
+summary can say more than its intervals: every difference comes with the verdict the interval
+gives it (common.verdict), and nothing is re-typed.
+
+    python experiments/digest.py            # rewrite the tables in README.md and results/README.md
+    python experiments/digest.py --check    # exit 1 if they are not what the data give
+
+The tables sit between `<!-- digest: NAME -->` and `<!-- end digest -->`; everything else in those
+files is prose, which may explain a verdict but never upgrade it. A test checks that the tables
+are up to date.
+"""
+
+import argparse
+import functools
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+
+from experiments import attention, compare, common, text  # noqa: E402
+
+RESULTS = os.path.join(common.ROOT, "results")
+# (format, which side of a difference is a gain) per key, from the reports' own columns
+FORMATS = {c[0]: (c[2], c[3] if len(c) > 3 else None)
+           for c in attention.COLUMNS + text.ATTENTION + text.COLUMNS + compare.COLUMNS}
+FORMATS["acc_qa"] = ("{:.3f}", "higher")  # compare_sft.py's exact match
+
+
+@functools.lru_cache(maxsize=None)
+def load(folder):
+    """{(row, seed): run} of results/folder: its attention.json for "FOLDER/attention", its
+    runs.json otherwise (rows are mask ratios, or fine-tuning arms)."""
+    if folder.endswith("/attention"):
+        data = common.read_json(os.path.join(RESULTS, folder[:-len("/attention")], "attention.json"))
+        return {(run["mask_ratio"], run["seed"]): run for run in data["runs"]}
+    data = common.read_json(os.path.join(RESULTS, folder, "runs.json"))
+    key = "arm" if "arm" in data["runs"][0] else "mask_ratio"
+    runs = {(run[key], run["seed"]): run for run in data["runs"]}
+    return text.add_shortest_gap(runs) if "passkey_grid" in data["runs"][0] else runs  # a text.py grid
+
+
+def diff(folder, row, key, base=0.0, other=None, scale=1):
+    """row minus base of results/folder (or minus the same row of results/other), paired by the seeds
+    both have: "d [lo, hi] verdict (n seeds)". scale=100 gives points."""
+    a, b = load(folder), load(other or folder)
+    brow = row if other else base
+    seeds = sorted(s for r, s in a if r == row and (brow, s) in b)
+    fmt, better = FORMATS[key]
+    fmt = "{:.1f}" if scale != 1 else fmt.replace("+", "")
+    d, h = common.paired_ci([scale * a[(row, s)][key] for s in seeds], [scale * b[(brow, s)][key] for s in seeds])
+    return (f"{fmt.replace('{:', '{:+').format(d)} [{fmt.format(d - h)}, {fmt.format(d + h)}] "
+            f"{common.verdict(d, h, better)}")
+
+
+def mean(folder, row, key):
+    """Mean ± sd over the seeds of one row of results/folder."""
+    runs = load(folder)
+    m, sd = common.mean_sd([run[key] for (r, _), run in runs.items() if r == row])
+    fmt = FORMATS[key][0]
+    return f"{fmt.format(m)} ± {fmt.replace('+', '').format(sd)}"
+
+
+def cell(*parts):
+    """"label value; label value" from (label, value) pairs."""
+    return "; ".join(f"{label} {value}" for label, value in parts)
+
+
+def in_short():
+    """One row per question: the grid that asks it and its differences, each with its verdict."""
+    sp, sh, rt, po = "cpu-spared-queries", "cpu-shared", "cpu-random-tokens", "cpu-pair-offset"
+    rows = [
+        ("Do twice the steps change it?", "`cpu-2000-steps`", cell(
+            ("MEAP 0.15 - NTP: 2x pairs", diff("cpu-2000-steps", 0.15, "mqar_2x")),
+            ("kv", diff("cpu-2000-steps", 0.15, "kv")),
+            ("val loss", diff("cpu-2000-steps", 0.15, "val_loss")),
+            ("steps to 90%", diff("cpu-2000-steps", 0.15, "steps_to_90")))),
+        ("A deeper model?", "`cpu-4-layers`", cell(
+            ("NTP 2x pairs", mean("cpu-4-layers", 0.0, "mqar_2x")),
+            ("MEAP 0.10 - NTP: 2x pairs", diff("cpu-4-layers", 0.10, "mqar_2x")),
+            ("kv", diff("cpu-4-layers", 0.10, "kv")),
+            ("trained needle", diff("cpu-4-layers", 0.10, "needle")))),
+        ("Sparing the query tokens (this project's old default)?", f"`{sp}`", cell(
+            ("spared minus uniform, 0.15: needle", diff(sp, 0.15, "needle", other="cpu")),
+            ("2x pairs", diff(sp, 0.15, "mqar_2x", other="cpu")),
+            ("0.10: needle", diff(sp, 0.10, "needle", other="cpu")),
+            ("2x distractors", diff(sp, 0.10, "needle_2x", other="cpu")),
+            ("2 queries", diff(sp, 0.10, "needle_mq", other="cpu")))),
+        ("The official code's shared columns?", f"`{sh}`", cell(*(
+            (f"shared minus per-sequence, {r:.2f}: {name}" if k == "needle" else name, diff(sh, r, k, other="cpu"))
+            for r in (0.10, 0.15) for k, name in (("needle", "needle"), ("mqar_2x", "2x pairs"), ("kv", "kv"))))),
+        ("Is it the `[MASK]` token?", f"`{rt}`", cell(
+            ("random tokens minus NTP, 0.10: 2x pairs", diff(rt, 0.10, "mqar_2x")),
+            ("random tokens minus `[MASK]`, 0.10: needle", diff(rt, 0.10, "needle", other="cpu")),
+            ("2x distractors", diff(rt, 0.10, "needle_2x", other="cpu")),
+            ("2x pairs", diff(rt, 0.10, "mqar_2x", other="cpu")),
+            ("kv", diff(rt, 0.10, "kv", other="cpu")),
+            ("filler loss", diff(rt, 0.10, "filler_excess", other="cpu")))),
+        ("Is NTP's failure the positional shortcut?", f"`{po}`", cell(
+            ("NTP, pairs offset minus not: 2x pairs", diff(po, 0.0, "mqar_2x", other="cpu")),
+            ("kv", diff(po, 0.0, "kv", other="cpu")),
+            ("MEAP 0.10 - NTP, both offset: 2x pairs", diff(po, 0.10, "mqar_2x")),
+            ("steps to 90%", diff(po, 0.10, "steps_to_90")))),
+        ("Does our initialisation matter?", "`cpu-official-init`", cell(
+            ("with the official init, trained needle: NTP", mean("cpu-official-init", 0.0, "needle")),
+            ("MEAP 0.15", mean("cpu-official-init", 0.15, "needle")),
+            ("MQAR: NTP", mean("cpu-official-init", 0.0, "mqar")),
+            ("MEAP 0.15", mean("cpu-official-init", 0.15, "mqar")),
+            ("(with ours, NTP needle", mean("cpu", 0.0, "needle") + ")"))),
+        ("The paper's attention metrics?", "`cpu` (`attention.py`)", cell(
+            ("MEAP 0.10 - NTP: unmasked variance change", diff("cpu/attention", 0.10, "var_change")),
+            ("masked score change", diff("cpu/attention", 0.10, "score_change")),
+            ("NTP's own", mean("cpu/attention", 0.0, "score_change")),
+            ("renormalising alone, NTP", mean("cpu/attention", 0.0, "var_change_renorm")),
+            ("kv share, pairs 5-8", diff("cpu/attention", 0.10, "kv_share_out")))),
+        ("MEAP-SFT?", "`sft-cpu`", cell(
+            ("exact match, points: concat (the paper's layout) - NTP-SFT", diff("sft-cpu", "concat", "acc_qa", "ntp", scale=100)),
+            ("separate (official) - NTP-SFT", diff("sft-cpu", "separate", "acc_qa", "ntp", scale=100)),
+            ("concat - duplicate without mask", diff("sft-cpu", "concat", "acc_qa", "duplicate", scale=100)))),
+        ("On text, without retrieval training?", "`text-cpu`", cell(
+            ("NTP 2nd copy of a random span", mean("text-cpu", 0.0, "copy_random")),
+            ("its gain over the 1st", mean("text-cpu", 0.0, "copy_random_gain")),
+            ("passkey", mean("text-cpu", 0.0, "passkey")),
+            ("MEAP - NTP val loss: 0.10", diff("text-cpu", 0.10, "val_loss")),
+            ("0.15", diff("text-cpu", 0.15, "val_loss")))),
+        ("On text, where a model copies from its context?", "`text-stdlib`", cell(
+            ("NTP 2nd copy of a random span, gap 16", mean("text-stdlib", 0.0, "copy_random_16")),
+            ("MEAP 0.10 - NTP", diff("text-stdlib", 0.10, "copy_random_16")),
+            ("passkey: NTP", mean("text-stdlib", 0.0, "passkey")),
+            ("MEAP 0.10 - NTP", diff("text-stdlib", 0.10, "passkey")),
+            ("val loss, MEAP 0.05 - NTP", diff("text-stdlib", 0.05, "val_loss")),
+            ("0.10", diff("text-stdlib", 0.10, "val_loss")))),
+    ]
+    return ("| question | grid | measured (MEAP - NTP or grid - grid: mean [95% paired-t interval] verdict; "
+            "levels: mean ± sd) |\n|---|---|---|\n" + "".join(f"| {q} | {g} | {a} |\n" for q, g, a in rows))
+
+
+def beside_the_paper():
+    """The paper's headline numbers beside ours."""
+    rows = [
+        ("needle in a haystack", "NTP 87.1 vs MEAP 98.2 at 200B tokens; 52.8 vs 85.8 at 60B", cell(
+            ("trained needle, NTP", mean("cpu", 0.0, "needle")),
+            ("MEAP 0.15 - NTP", diff("cpu", 0.15, "needle")),
+            ("0.10", diff("cpu", 0.10, "needle")),
+            ("2x distractors, 0.15", diff("cpu", 0.15, "needle_2x")),
+            ("a passkey in Python source (6.1M tokens): NTP", mean("text-stdlib", 0.0, "passkey")),
+            ("MEAP 0.15 - NTP", diff("text-stdlib", 0.15, "passkey")))),
+        ("retrieval beyond what was seen", "long-context multi-needle reasoning: +6.6 points", cell(
+            ("2x pairs, NTP", mean("cpu", 0.0, "mqar_2x")),
+            ("MEAP 0.15 - NTP", diff("cpu", 0.15, "mqar_2x")))),
+        ("lost in the middle", "+11.77 points on 20-document QA after SFT (Llama-3-8B)", cell(
+            ("pre-training, kv with 8 pairs: MEAP 0.15 - NTP", diff("cpu", 0.15, "kv")),
+            ("after SFT (2-document QA, equal tokens), points", diff("sft-cpu", "concat", "acc_qa", "ntp", scale=100)))),
+        ("language modelling", "commonsense on par (+1.6% on average)", cell(
+            ("MEAP 0.15 - NTP: filler language", diff("cpu", 0.15, "filler_excess")),
+            ("clean val loss", diff("cpu", 0.15, "val_loss")),
+            ("after 2,000 steps", diff("cpu-2000-steps", 0.15, "val_loss")))),
+        ("attention", "masked positions -53.34%, unmasked variance +7.80%", cell(
+            ("masked score change: NTP", mean("cpu/attention", 0.0, "score_change")),
+            ("MEAP 0.15", mean("cpu/attention", 0.15, "score_change")),
+            ("unmasked variance change: NTP", mean("cpu/attention", 0.0, "var_change")),
+            ("MEAP 0.15", mean("cpu/attention", 0.15, "var_change")),
+            ("renormalising alone, MEAP 0.15", mean("cpu/attention", 0.15, "var_change_renorm")))),
+        ("best ratio", "0.15 (of 0.05-0.20)", cell(*(
+            (f"2x pairs, MEAP {r:.2f} - NTP" if r == 0.05 else f"{r:.2f}", diff("cpu", r, "mqar_2x"))
+            for r in (0.05, 0.10, 0.15, 0.20)), *(
+            ("clean val loss, 0.05" if r == 0.05 else f"{r:.2f}", diff("cpu", r, "val_loss"))
+            for r in (0.05, 0.10, 0.15, 0.20)))),
+    ]
+    return ("| | paper (LLaMA-style, 1.1B, C4) | here (0.45M; synthetic tasks, 1,000 steps, 3-5 seeds, unless named) |\n"
+            "|---|---|---|\n" + "".join(f"| {w} | {p} | {h} |\n" for w, p, h in rows))
+
+
+def compact(folder, columns):
+    """NTP's row (mean ± sd) and each MEAP ratio minus NTP, paired by seed, with its verdict, for some of
+    a grid's report columns (key, title, format, better): the README's copy of a report's tables."""
+    runs = load(folder)
+    ratios, seeds = sorted({r for r, _ in runs}), sorted({s for _, s in runs})
+    n = {r: len(common.seeds_of(runs, r, seeds)) for r in ratios}
+    uneven = len(set(n.values())) > 1
+
+    def name(r):
+        return f"{r:.2f}{' (NTP)' if r == 0 else ''}" + (f" ({n[r]} seeds)" if uneven else "")
+
+    lines = ["| mask_ratio | " + " | ".join(c[1] for c in columns) + " |\n", "|---" * (len(columns) + 1) + "|\n"]
+    ntp = {s: runs[(0.0, s)] for s in common.seeds_of(runs, 0.0, seeds)}
+    cells = []
+    for key, _, fmt, *_ in columns:
+        m, sd = common.mean_sd([run[key] for run in ntp.values()])
+        cells.append(f"{fmt.format(m)} ± {fmt.replace('+', '').format(sd)}")
+    lines.append(f"| {name(0.0)} | " + " | ".join(cells) + " |\n")
+    for r in ratios[1:]:
+        both = [s for s in common.seeds_of(runs, r, seeds) if s in ntp]
+        row = {s: runs[(r, s)] for s in both}
+        lines.append(f"| {name(r)} | " + " | ".join(common.diff_cells(row, ntp, columns, both)) + " |\n")
+    return "".join(lines).replace("nan", "n/a")
+
+
+def columns(module, keys):
+    """The report columns of a module (compare.COLUMNS, text.COLUMNS) named by keys, in that order."""
+    by_key = {c[0]: c for c in module}
+    return [by_key[k] for k in keys]
+
+
+TABLES = {
+    "in-short": in_short,
+    "beside-the-paper": beside_the_paper,
+    "readme-cpu": lambda: compact("cpu", columns(compare.COLUMNS, (
+        "needle", "mqar_2x", "kv", "filler_excess", "val_loss", "steps_to_90"))),
+    "readme-text-stdlib": lambda: compact("text-stdlib", columns(text.COLUMNS, (
+        "val_loss", "copy_random_16", "copy_text_gain", "passkey"))),
+}
+FILES = ("README.md", os.path.join("results", "README.md"))  # where digest blocks may stand
+BLOCK = re.compile(r"(<!-- digest: ([a-z-]+) -->\n)(.*?)(<!-- end digest -->)", re.S)
+
+
+def render(md):
+    """md with every digest block rewritten from the data."""
+    def fill(m):
+        if m.group(2) not in TABLES:
+            raise SystemExit(f"error: unknown digest table {m.group(2)!r} (known: {', '.join(TABLES)})")
+        return m.group(1) + TABLES[m.group(2)]() + m.group(4)
+    return BLOCK.sub(fill, md)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Rewrite results/README.md's summary tables from the per-run data.")
+    ap.add_argument("--check", action="store_true", help="only check that they are up to date (exit 1 if not)")
+    args = ap.parse_args(argv)
+    stale = []
+    for name in FILES:
+        path = os.path.join(common.ROOT, name)
+        md = open(path).read()
+        new = render(md)
+        if new != md:
+            stale.append(name)
+            if not args.check:
+                common.write_text(path, new)
+    if args.check and stale:
+        raise SystemExit(f"error: the tables of {' and '.join(stale)} are stale; run python experiments/digest.py")
+    print(("rewrote the tables of " + " and ".join(stale)) if stale and not args.check else
+          "the tables of " + " and ".join(FILES) + " are up to date")
+
+
+if __name__ == "__main__":
+    main()

@@ -61,6 +61,11 @@ if unknown:
 if steps < 1 or warmup < 0 or not seconds > 0 or not 0 <= mask_ratio < 1:
     sys.exit(f"error: need --steps >= 1, --warmup >= 0, --seconds > 0 and --mask_ratio in [0, 1) "
              f"(got {steps}, {warmup}, {seconds}, {mask_ratio})")
+if out:  # the table is written at the end: check the folder before minutes of timing
+    try:
+        configurator.check_writable(os.path.dirname(os.path.abspath(out)))
+    except OSError as e:
+        sys.exit(f"error: --out: {e}")
 if dtype not in ("auto", "float32", "bfloat16", "float16"):
     sys.exit(f"error: --dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
 try:
@@ -229,7 +234,6 @@ def save_table():
         commit = "unknown"
     head = (f"`{' '.join(['python bench.py'] + sys.argv[1:])}` at commit {commit}, "
             f"{time.strftime('%Y-%m-%d', time.gmtime())}\n\n")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out + ".tmp", "w") as f:
         f.write(head + "\n".join(lines) + "\n")
     os.replace(out + ".tmp", out)

@@ -208,6 +208,13 @@ def test_bench_py(args, message):
     assert out == ""
 
 
+def test_bench_py_checks_its_out_folder_before_timing(paths):
+    before = checksums(paths["TMP"])
+    code, out, err = run_inprocess("bench.py", "--out", os.path.join(paths["FILE"], "cpu.md"))
+    expect_one_line(code, err, f"--out: {paths['FILE']} is a file, not a folder")
+    assert out == "" and checksums(paths["TMP"]) == before
+
+
 def test_torchrun_says_a_bad_setting_once(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -14,6 +14,7 @@ are up to date.
 
 import argparse
 import functools
+import math
 import os
 import re
 import sys
@@ -26,7 +27,11 @@ RESULTS = os.path.join(common.ROOT, "results")
 # (format, which side of a difference is a gain) per key, from the reports' own columns
 FORMATS = {c[0]: (c[2], c[3] if len(c) > 3 else None)
            for c in attention.COLUMNS + text.ATTENTION + text.COLUMNS + compare.COLUMNS}
-FORMATS["acc_qa"] = ("{:.3f}", "higher")  # compare_sft.py's exact match
+FORMATS.update({"acc_qa": ("{:.3f}", "higher"), "acc_qa_token": ("{:.3f}", "higher"),  # compare_sft.py's
+                "steps_to_50": ("{:.0f}", "lower")})
+FORMATS.update({f"kv_p{i}": ("{:.3f}", "higher") for i in range(8)})  # kv accuracy by the asked pair's position
+TITLES = {c[0]: c[1] for c in attention.COLUMNS + text.ATTENTION + text.COLUMNS + compare.COLUMNS}
+TITLES.update({f"kv_p{i}": f"kv pair {i + 1}" for i in range(8)})
 
 
 @functools.lru_cache(maxsize=None)
@@ -42,15 +47,24 @@ def load(folder):
     return text.add_shortest_gap(runs) if "passkey_grid" in data["runs"][0] else runs  # a text.py grid
 
 
+def paired(folder, row, base=0.0, other=None):
+    """The seeds that row of results/folder and its baseline (row base of folder, or the same row of
+    results/other) both have."""
+    a, b = load(folder), load(other or folder)
+    return sorted(s for r, s in a if r == row and ((row if other else base), s) in b)
+
+
 def diff(folder, row, key, base=0.0, other=None, scale=1):
     """row minus base of results/folder (or minus the same row of results/other), paired by the seeds
-    both have: "d [lo, hi] verdict (n seeds)". scale=100 gives points."""
+    both have: "d [lo, hi] verdict". scale=100 gives points."""
     a, b = load(folder), load(other or folder)
     brow = row if other else base
-    seeds = sorted(s for r, s in a if r == row and (brow, s) in b)
+    seeds = paired(folder, row, base, other)
     fmt, better = FORMATS[key]
     fmt = "{:.1f}" if scale != 1 else fmt.replace("+", "")
     d, h = common.paired_ci([scale * a[(row, s)][key] for s in seeds], [scale * b[(brow, s)][key] for s in seeds])
+    if math.isnan(h):  # fewer than two seeds where both sides have a value (a NaN step is "never")
+        return "n/a" if math.isnan(d) else f"{fmt.replace('{:', '{:+').format(d)} (one seed, no interval)"
     return (f"{fmt.replace('{:', '{:+').format(d)} [{fmt.format(d - h)}, {fmt.format(d + h)}] "
             f"{common.verdict(d, h, better)}")
 
@@ -198,15 +212,116 @@ def compact(folder, columns):
     return "".join(lines).replace("nan", "n/a")
 
 
+def contrasts(rows, keys, first="contrast"):
+    """A table of differences, one line per contrast (label, folder, row, base row, other folder or
+    None: as diff() takes them), one column per key, each cell with its verdict."""
+    lines = [f"| {first} | seeds | " + " | ".join(TITLES[k] for k in keys) + " |\n", "|---" * (len(keys) + 2) + "|\n"]
+    for label, folder, row, base, other in rows:
+        cells = [diff(folder, row, k, base, other) for k in keys]
+        lines.append(f"| {label} | {len(paired(folder, row, base, other))} | " + " | ".join(cells) + " |\n")
+    return "".join(lines)
+
+
+SFT_ARMS = (("base", "base (no SFT)"), ("ntp", "NTP-SFT"), ("concat", "MEAP-SFT, concat (the paper's layout)"),
+            ("separate", "MEAP-SFT, separate (the official code's)"), ("duplicate", "duplicate, no mask (control)"))
+
+
+def sft():
+    """Each fine-tuning arm of sft-cpu: exact match (mean ± sd, and minus NTP-SFT in points), the answer
+    tokens right, and the step at which exact match passes 50%."""
+    lines = ["| fine-tuning | exact match | minus NTP-SFT, points | answer tokens right | steps to 50% | minus NTP-SFT |\n",
+             "|---|---|---|---|---|---|\n"]
+    for arm, label in SFT_ARMS:
+        against = arm not in ("base", "ntp")
+        vs = diff("sft-cpu", arm, "acc_qa", "ntp", scale=100) if against else ""
+        steps = mean("sft-cpu", arm, "steps_to_50") if arm != "base" else "never"
+        later = diff("sft-cpu", arm, "steps_to_50", "ntp") if against else ""
+        lines.append(f"| {label} | {mean('sft-cpu', arm, 'acc_qa')} | {vs} | "
+                     f"{mean('sft-cpu', arm, 'acc_qa_token')} | {steps} | {later} |\n")
+    return "".join(lines)
+
+
+ATTENTION_ROWS = (  # (key, what it measures, the paper's figure)
+    ("score_change", "attention on masked positions, masked copy vs clean", "-53.34%"),
+    ("var_change", "variance over the unmasked positions", "+7.80%"),
+    ("var_change_renorm", "(the variance change of dropping `[MASK]` and renormalising)", ""),
+    ("needle_share", "retrieval head's share on the asked needle", "(34.5% vs 9.4% on one QA prompt)"),
+    ("needle_distractor_share", "... on the other needles", ""),
+    ("needle_hit", "hit@1 (the most-attended key is the needle)", ""),
+    ("kv_share_in", "kv share, pairs 1-4 (trained positions)", ""),
+    ("kv_share_out", "kv share, pairs 5-8 (beyond them)", ""),
+    ("entropy", "mean entropy of all heads (1 = uniform)", ""),
+    ("sink", "attention sink (share on the first token)", ""),
+)
+
+
+def attention_table():
+    """The paper's attention metrics and the other lenses of cpu/attention.json: NTP's level, and MEAP
+    0.10 and 0.15 minus NTP, paired by seed."""
+    folder = "cpu/attention"
+    n = {r: len(paired(folder, r)) for r in (0.10, 0.15)}
+    lines = [f"| | paper (MEAP, 1.1B) | NTP here | MEAP 0.10 - NTP ({n[0.10]} seeds) | MEAP 0.15 - NTP ({n[0.15]} seeds) |\n",
+             "|---|---|---|---|---|\n"]
+    for key, label, paper in ATTENTION_ROWS:
+        lines.append(f"| {label} | {paper} | {mean(folder, 0.0, key)} | {diff(folder, 0.10, key)} | "
+                     f"{diff(folder, 0.15, key)} |\n")
+    return "".join(lines)
+
+
 def columns(module, keys):
     """The report columns of a module (compare.COLUMNS, text.COLUMNS) named by keys, in that order."""
     by_key = {c[0]: c for c in module}
     return [by_key[k] for k in keys]
 
 
+SP, SH, RT, PO, OI = "cpu-spared-queries", "cpu-shared", "cpu-random-tokens", "cpu-pair-offset", "cpu-official-init"
+RETRIEVAL = ("needle", "needle_2x", "mqar_2x", "kv")
 TABLES = {
     "in-short": in_short,
     "beside-the-paper": beside_the_paper,
+    "cpu": lambda: compact("cpu", columns(compare.COLUMNS, (
+        "needle", "needle_2x", "mqar", "mqar_2x", "kv", "filler_excess", "val_loss", "steps_to_90"))),
+    "cpu-ratios": lambda: contrasts(tuple(
+        (f"{a:.2f} minus {b:.2f}", "cpu", a, b, None) for a, b in ((0.10, 0.05), (0.15, 0.05), (0.15, 0.10), (0.20, 0.15))
+    ), RETRIEVAL + ("val_loss", "steps_to_90"), first="ratio against ratio"),
+    "masking-variants": lambda: contrasts((
+        ("queries spared minus uniform, 0.10", SP, 0.10, 0.0, "cpu"),
+        ("queries spared minus uniform, 0.15", SP, 0.15, 0.0, "cpu"),
+        ("official shared columns minus per-sequence, 0.10", SH, 0.10, 0.0, "cpu"),
+        ("official shared columns minus per-sequence, 0.15", SH, 0.15, 0.0, "cpu"),
+        ("shared columns minus NTP, 0.10", SH, 0.10, 0.0, None),
+        ("shared columns minus NTP, 0.15", SH, 0.15, 0.0, None),
+    ), RETRIEVAL + ("needle_mq", "val_loss", "steps_to_90")),
+    "random-tokens": lambda: contrasts((
+        ("random tokens minus NTP, 0.10", RT, 0.10, 0.0, None),
+        ("random tokens minus `[MASK]`, 0.10", RT, 0.10, 0.0, "cpu"),
+        ("random tokens minus NTP, 0.15", RT, 0.15, 0.0, None),
+        ("random tokens minus `[MASK]`, 0.15", RT, 0.15, 0.0, "cpu"),
+    ), RETRIEVAL + ("filler_excess", "val_loss")),
+    "pair-offset": lambda: contrasts((
+        ("NTP, pairs offset minus not", PO, 0.0, 0.0, "cpu"),
+        ("MEAP 0.10 minus NTP, both offset", PO, 0.10, 0.0, None),
+        ("MEAP 0.15 minus NTP, both offset", PO, 0.15, 0.0, None),
+    ), ("needle", "mqar", "mqar_2x", "kv", "kv_p4", "kv_p5", "kv_p6", "kv_p7", "steps_to_90")),
+    "official-init": lambda: contrasts((
+        ("MEAP 0.10 minus NTP, official init", OI, 0.10, 0.0, None),
+        ("MEAP 0.15 minus NTP, official init", OI, 0.15, 0.0, None),
+        ("NTP, official init minus ours", OI, 0.0, 0.0, "cpu"),
+    ), ("needle", "mqar", "filler_excess", "val_loss")),
+    "longer-deeper": lambda: contrasts((
+        ("2,000 steps: MEAP 0.15 minus NTP", "cpu-2000-steps", 0.15, 0.0, None),
+        ("NTP, 2,000 steps minus 1,000", "cpu-2000-steps", 0.0, 0.0, "cpu"),
+        ("4 layers: MEAP 0.10 minus NTP", "cpu-4-layers", 0.10, 0.0, None),
+        ("4 layers: MEAP 0.15 minus NTP", "cpu-4-layers", 0.15, 0.0, None),
+        ("NTP, 4 layers minus 2", "cpu-4-layers", 0.0, 0.0, "cpu"),
+    ), RETRIEVAL + ("kv_p6", "kv_p7", "val_loss", "steps_to_90")),
+    "sft": sft,
+    "attention": attention_table,
+    "text-cpu": lambda: compact("text-cpu", columns(text.COLUMNS, (
+        "val_loss", "copy_random", "copy_random_gain", "copy_text_gain", "passkey"))),
+    "text-stdlib": lambda: compact("text-stdlib", columns(text.COLUMNS, (
+        "val_loss", "copy_random_16", "copy_frequent_16", "copy_text", "copy_text_gain", "passkey",
+        "previous_token"))),
     "readme-cpu": lambda: compact("cpu", columns(compare.COLUMNS, (
         "needle", "mqar_2x", "kv", "filler_excess", "val_loss", "steps_to_90"))),
     "readme-text-stdlib": lambda: compact("text-stdlib", columns(text.COLUMNS, (

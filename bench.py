@@ -232,7 +232,8 @@ def save_table():
                                 cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
     except OSError:
         commit = "unknown"
-    head = (f"`{' '.join(['python bench.py'] + sys.argv[1:])}` at commit {commit}, "
+    env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ]  # it changes the figures
+    head = (f"`{' '.join(env + ['python bench.py'] + sys.argv[1:])}` at commit {commit}, "
             f"{time.strftime('%Y-%m-%d', time.gmtime())}\n\n")
     with open(out + ".tmp", "w") as f:
         f.write(head + "\n".join(lines) + "\n")

@@ -268,6 +268,25 @@ def attention_table():
     return "".join(lines)
 
 
+def table_of(name):
+    """The markdown table lines of a committed file under results/ (e.g. bench.py's --out)."""
+    with open(os.path.join(RESULTS, name)) as f:
+        return [line for line in f if line.startswith("|")]
+
+
+REFERENCE_RUNS = (("reference-cpu.md", "eager, 2 threads"), ("reference-cpu-1-thread.md", "eager, 1 thread"),
+                  ("reference-cpu-compiled.md", "compiled, 2 threads"))
+
+
+def bench_reference():
+    """bench.py --reference's three runs (results/bench/reference-*.md) in one table, a column naming the run."""
+    head, rule, *_ = table_of(os.path.join("bench", REFERENCE_RUNS[0][0]))
+    lines = [head.replace("| shape |", "| run | shape |"), rule.replace("|---", "|---|---", 1)]
+    for name, run in REFERENCE_RUNS:
+        lines += [f"| {run} " + row for row in table_of(os.path.join("bench", name))[2:]]
+    return "".join(lines)
+
+
 def columns(module, keys):
     """The report columns of a module (compare.COLUMNS, text.COLUMNS) named by keys, in that order."""
     by_key = {c[0]: c for c in module}
@@ -316,6 +335,9 @@ TABLES = {
         ("NTP, 4 layers minus 2", "cpu-4-layers", 0.0, 0.0, "cpu"),
     ), RETRIEVAL + ("kv_p6", "kv_p7", "val_loss", "steps_to_90")),
     "sft": sft,
+    "bench-cpu": lambda: "".join(table_of(os.path.join("bench", "cpu.md"))),
+    "bench-reference": bench_reference,
+    "bench-h200": lambda: "".join(table_of(os.path.join("bench", "h200.md"))),
     "attention": attention_table,
     "text-cpu": lambda: compact("text-cpu", columns(text.COLUMNS, (
         "val_loss", "copy_random", "copy_random_gain", "copy_text_gain", "passkey"))),
@@ -328,7 +350,7 @@ TABLES = {
         "val_loss", "copy_random_16", "copy_text_gain", "passkey"))),
 }
 FILES = ("README.md", os.path.join("results", "README.md"))  # where digest blocks may stand
-BLOCK = re.compile(r"(<!-- digest: ([a-z-]+) -->\n)(.*?)(<!-- end digest -->)", re.S)
+BLOCK = re.compile(r"(<!-- digest: ([a-z0-9-]+) -->\n)(.*?)(<!-- end digest -->)", re.S)
 
 
 def render(md):

@@ -237,11 +237,12 @@ def test_the_readme_summaries_are_what_the_data_give():
     """Every digest table of README.md and results/README.md ("In short", "Beside the paper", the
     README's copies of the reports) is what experiments/digest.py writes from the per-run data."""
     from experiments import digest
-    blocks = 0
+    found = []
     for name in digest.FILES:
         md = open(os.path.join(ROOT, name)).read()
-        blocks += md.count("<!-- digest: ")
+        found += [m.group(2) for m in digest.BLOCK.finditer(md)]
+        assert md.count("<!-- digest: ") == len(digest.BLOCK.findall(md)), f"{name}: a digest block the script skips"
         assert digest.render(md) == md, f"{name}: run python experiments/digest.py"
-    assert blocks == len(digest.TABLES)
+    assert sorted(found) == sorted(digest.TABLES)  # every table stands once, and every block has one
     with pytest.raises(SystemExit, match="unknown digest table 'nope'"):
         digest.render("<!-- digest: nope -->\n<!-- end digest -->")

@@ -181,7 +181,9 @@ def beside_the_paper():
             (f"2x pairs, MEAP {r:.2f} - NTP" if r == 0.05 else f"{r:.2f}", diff("cpu", r, "mqar_2x"))
             for r in (0.05, 0.10, 0.15, 0.20)), *(
             ("clean val loss, 0.05" if r == 0.05 else f"{r:.2f}", diff("cpu", r, "val_loss"))
-            for r in (0.05, 0.10, 0.15, 0.20)))),
+            for r in (0.05, 0.10, 0.15, 0.20)),
+            ("ratio against ratio, 2x pairs: 0.15 - 0.05", diff("cpu", 0.15, "mqar_2x", base=0.05)),
+            ("0.15 - 0.10", diff("cpu", 0.15, "mqar_2x", base=0.10)))),
     ]
     return ("| | paper (LLaMA-style, 1.1B, C4) | here (0.45M; synthetic tasks, 1,000 steps, 3-5 seeds, unless named) |\n"
             "|---|---|---|\n" + "".join(f"| {w} | {p} | {h} |\n" for w, p, h in rows))

@@ -17,7 +17,6 @@ MEAP itself needs nothing in here: [MASK] is an ordinary vocabulary id with its 
 embedding, attention stays causal, and the loss stays next-token cross-entropy.
 """
 
-import inspect
 import math
 from dataclasses import dataclass
 
@@ -79,8 +78,6 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, layer):
         super().__init__()
-        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
-        assert config.n_head % config.n_kv_head == 0, "n_head must be divisible by n_kv_head"
         self.layer = layer  # index into the KV cache
         self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
         self.head_dim = config.n_embd // config.n_head
@@ -88,7 +85,9 @@ class CausalSelfAttention(nn.Module):
         self.kv_proj = nn.Linear(config.n_embd, 2 * self.n_kv_head * self.head_dim, bias=False)
         self.o_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, kv_cache=None, return_attn=False):
+    def forward(self, x, cos, sin, kv_cache=None, atts=None):
+        """x (B, T, C) -> (B, T, C). Given a list atts, takes the explicit path and appends this
+        layer's attention weights (B, n_head, T, Tk) to it."""
         B, T, C = x.size()
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)  # (B, T, nh, hd)
         k, v = self.kv_proj(x).view(B, T, 2 * self.n_kv_head, self.head_dim).split(self.n_kv_head, dim=2)
@@ -102,17 +101,17 @@ class CausalSelfAttention(nn.Module):
         Tk = k.size(2)
         # query i sits at absolute position Tk - T + i and may see keys 0 .. Tk - T + i
         mask = None if Tk == T else torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)
-        att = None
-        if return_attn:  # explicit path: the attention weights themselves, for analysis
+        if atts is not None:  # explicit path: the attention weights themselves, for analysis
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, nh, T, Tk)
             if mask is None:
                 mask = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril()
             att = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+            atts.append(att)
             y = att @ v  # (B, nh, T, hd)
         else:  # fast path: fused kernels (flash attention on GPU)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
-        return self.o_proj(y), att
+        return self.o_proj(y)
 
 
 class MLP(nn.Module):
@@ -139,11 +138,10 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, kv_cache=None, return_attn=False):
-        a, att = self.attn(self.attn_norm(x), cos, sin, kv_cache, return_attn)
-        x = x + a
+    def forward(self, x, cos, sin, kv_cache=None, atts=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, kv_cache, atts)
         x = x + self.mlp(self.mlp_norm(x))
-        return x, att
+        return x
 
 
 INITS = ("nanomeap", "official")  # weight initialisations: ours, and the MEAP code's (see GPT._init_weights)
@@ -152,7 +150,7 @@ INITS = ("nanomeap", "official")  # weight initialisations: ours, and the MEAP c
 @dataclass
 class GPTConfig:
     block_size: int = 256  # longest sequence (RoPE tables and KV cache are this long)
-    vocab_size: int = 192  # including [MASK]; a multiple of 64 keeps the matmuls fast
+    vocab_size: int = 192  # including [MASK]; rounded up to a multiple of 64, which keeps the matmuls fast
     n_layer: int = 4
     n_head: int = 4
     n_kv_head: int = 0  # 0 or n_head: plain multi-head attention; fewer: grouped-query attention
@@ -162,25 +160,29 @@ class GPTConfig:
     emb_common: float = 0.0  # std of one random vector added to every token's embedding at init; 0 = none
 
     def __post_init__(self):
+        """Resolve the defaults that depend on other fields, then check the shape: ValueError (one
+        line) for a model that cannot be built."""
         # so that GPTConfig(n_head=8) means 8 key/value heads too, not grouped-query attention by accident
         self.n_kv_head = self.n_kv_head or self.n_head
+        # the ids past the real vocabulary are never in the data (nanoGPT pads GPT-2's 50257 to 50304)
+        self.vocab_size = 64 * math.ceil(self.vocab_size / 64)
+        if min(self.block_size, self.vocab_size, self.n_layer, self.n_head, self.n_kv_head, self.n_embd) < 1 or \
+                self.n_embd % self.n_head or self.n_head % self.n_kv_head or (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"need positive sizes, n_embd divisible by n_head with an even head size (RoPE "
+                             f"rotates pairs), and n_head by n_kv_head; got n_embd={self.n_embd}, "
+                             f"n_head={self.n_head}, n_kv_head={self.n_kv_head}, n_layer={self.n_layer}, "
+                             f"block_size={self.block_size}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if not 0 <= self.emb_common < 1e3:  # (also catches NaN)
+            raise ValueError(f"emb_common must be in [0, 1000), got {self.emb_common}")
 
 
 class GPT(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        c = config
-        if min(c.block_size, c.vocab_size, c.n_layer, c.n_head, c.n_kv_head, c.n_embd) < 1 or \
-                c.n_embd % c.n_head or c.n_head % c.n_kv_head or (c.n_embd // c.n_head) % 2:
-            raise ValueError(f"need positive sizes, n_embd divisible by n_head with an even head size (RoPE "
-                             f"rotates pairs), and n_head by n_kv_head; got n_embd={c.n_embd}, n_head={c.n_head}, "
-                             f"n_kv_head={c.n_kv_head}, n_layer={c.n_layer}, block_size={c.block_size}")
-        if c.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {c.init!r}")
-        if not 0 <= c.emb_common < 1e3:  # (also catches NaN)
-            raise ValueError(f"emb_common must be in [0, 1000), got {c.emb_common}")
-        self.config = config
+        self.config = config  # (GPTConfig checked the shape)
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         self.norm = RMSNorm(config.n_embd)
@@ -194,7 +196,8 @@ class GPT(nn.Module):
                 if config.init == "official":
                     nn.init.normal_(p, mean=0.0, std=1 / (math.sqrt(config.n_embd) * config.n_layer))
                 else:  # GPT-2's scaled init
-                    p.data /= math.sqrt(2 * config.n_layer)
+                    with torch.no_grad():
+                        p.div_(math.sqrt(2 * config.n_layer))
         if config.emb_common > 0:
             # A direction shared by every token. Layer 0 sees token embeddings alone: with no bias
             # anywhere and RoPE only rotating q and k, its attention can depend on position alone
@@ -226,7 +229,7 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, kv_cache=None):
         """idx (B, T) token ids -> (logits (B, T, vocab_size), loss): given targets (B, T), the mean
         next-token cross-entropy over targets != -1; without them, None."""
-        logits, _ = self._run(idx, kv_cache, return_attn=False)
+        logits = self._run(idx, kv_cache)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
@@ -236,24 +239,24 @@ class GPT(nn.Module):
     def attention(self, idx, kv_cache=None):
         """The explicit path, for analysis: (logits, the attention weights (n_layer, B, n_head, T, T)).
         Its logits equal forward's, which takes the fast fused path."""
-        logits, atts = self._run(idx, kv_cache, return_attn=True)
+        atts = []
+        logits = self._run(idx, kv_cache, atts)
         return logits, torch.stack(atts)
 
-    def _run(self, idx, kv_cache, return_attn):
-        """The body of forward and attention: logits, and each layer's attention weights (or None)."""
+    def _run(self, idx, kv_cache, atts=None):
+        """The body of forward and attention: the logits; given a list atts, each layer's attention
+        weights are appended to it."""
         B, T = idx.size()
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, 1, hd)
         x = self.tok_emb(idx)  # (B, T, n_embd)
-        atts = []
         for block in self.blocks:
-            x, att = block(x, cos, sin, kv_cache, return_attn)
-            atts.append(att)
+            x = block(x, cos, sin, kv_cache, atts)
         if kv_cache is not None:
             kv_cache.pos += T
-        return self.lm_head(self.norm(x)), atts
+        return self.lm_head(self.norm(x))
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # decay the matrices (linear weights, embeddings); not the norm gains
@@ -262,8 +265,8 @@ class GPT(nn.Module):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+        # the fused kernel (one launch for every parameter) on CUDA; PyTorch's default elsewhere
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True if device_type == "cuda" else None)
 
     def flops_per_token(self, seq_len):
         """Training FLOPs per token (forward + backward), as in the PaLM paper, appendix B:

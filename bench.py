@@ -25,12 +25,13 @@ import os
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 
+import checkpoint
 import configurator
+from configurator import die
 import tasks
 from mask import meap_inputs
 from model import GPT, GPTConfig
@@ -57,27 +58,20 @@ CONFIGS = {
 }
 unknown = [c for c in configs.split(",") if c not in CONFIGS]
 if unknown:
-    sys.exit(f"error: unknown config {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
+    die(f"unknown config {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
 if steps < 1 or warmup < 0 or not seconds > 0 or not 0 <= mask_ratio < 1:
-    sys.exit(f"error: need --steps >= 1, --warmup >= 0, --seconds > 0 and --mask_ratio in [0, 1) "
+    die(f"need --steps >= 1, --warmup >= 0, --seconds > 0 and --mask_ratio in [0, 1) "
              f"(got {steps}, {warmup}, {seconds}, {mask_ratio})")
 if out:  # the table is written at the end: check the folder before minutes of timing
     try:
-        configurator.check_writable(os.path.dirname(os.path.abspath(out)))
+        checkpoint.check_writable(os.path.dirname(os.path.abspath(out)))
     except OSError as e:
-        sys.exit(f"error: --out: {e}")
-if dtype not in ("auto", "float32", "bfloat16", "float16"):
-    sys.exit(f"error: --dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+        die(f"--out: {e}")
 try:
-    device = configurator.pick_device(device)
+    precision = configurator.precision(device, dtype)  # as train.py sets it up
 except configurator.ConfigError as e:
-    sys.exit(f"error: {e}")
-device_type = torch.device(device).type
-if dtype == "auto":  # as train.py picks it
-    dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
-ptdtype = getattr(torch, dtype)
-ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
-torch.backends.cuda.matmul.allow_tf32 = True
+    die(e)
+device, device_type, dtype, ctx = precision.device, precision.device_type, precision.dtype, precision.autocast
 
 
 def sync():
@@ -88,9 +82,9 @@ def sync():
 
 
 def model_config(cfg):
-    """The GPTConfig of a CONFIGS entry (the synthetic tasks' padded vocabulary unless it names one)."""
+    """The GPTConfig of a CONFIGS entry (the synthetic tasks' vocabulary unless it names one; GPTConfig pads it)."""
     return GPTConfig(block_size=cfg["block_size"], n_layer=cfg["n_layer"], n_head=cfg["n_head"],
-                     n_kv_head=cfg["n_head"], n_embd=cfg["n_embd"], vocab_size=cfg.get("vocab_size", 192))
+                     n_kv_head=cfg["n_head"], n_embd=cfg["n_embd"], vocab_size=cfg.get("vocab_size", tasks.VOCAB_SIZE))
 
 
 def bench(name, cfg):
@@ -99,17 +93,15 @@ def bench(name, cfg):
     model = GPT(model_config(cfg)).to(device)
     optimizer = model.configure_optimizers(0.05, 1e-4, (0.9, 0.95), device_type)
     fwd = torch.compile(model) if compile else model
-    scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
+    scaler = configurator.precision(device, dtype).scaler  # a fresh loss scaler per model
     rng = np.random.default_rng(0)
     g = torch.Generator().manual_seed(0)
     n_pairs, n_needles = max(1, min(8, T // 8)), max(1, min(4, T // 16))
 
     def batch(ratio):
-        b = tasks.get_batch("mix", rng, B, T, n_pairs, n_needles)
+        b = tasks.make_batch("mix", rng, B, T, n_pairs, n_needles)
         x, _ = meap_inputs(b.x, ratio, tasks.MASK_ID, generator=g)
-        if device_type == "cuda":
-            return x.pin_memory().to(device, non_blocking=True), b.y.pin_memory().to(device, non_blocking=True)
-        return x.to(device), b.y.to(device)
+        return configurator.to_device(device, x, b.y)  # as train.py copies them
 
     ready = {}  # each objective's next batch
 
@@ -141,12 +133,12 @@ def bench(name, cfg):
     ntp, meap = statistics.median(times["NTP"]), statistics.median(times["MEAP"])
     paired = [m / n for n, m in zip(times["NTP"], times["MEAP"])]  # MEAP block / the NTP block before it
     lo, mid, hi = statistics.quantiles(paired, n=4, method="inclusive")
-    b = tasks.get_batch("mix", rng, B, T, n_pairs, n_needles)
+    b = tasks.make_batch("mix", rng, B, T, n_pairs, n_needles)
     t0 = time.perf_counter()
     for _ in range(100):  # MEAP's only extra work, timed alone
         meap_inputs(b.x, mask_ratio, tasks.MASK_ID, generator=g)
     mask_ms = (time.perf_counter() - t0) * 10
-    mfu = model.estimate_mfu(B * T / ntp, T, device) if ptdtype != torch.float32 else None
+    mfu = model.estimate_mfu(B * T / ntp, T, device) if dtype != "float32" else None
     return (f"| {name} | {model.num_params() / 1e6:.2f}M | {B}x{T} | {ntp * 1e3:.1f} | {meap * 1e3:.1f} | "
             f"{B * T / ntp / 1e3:.1f}k | {B * T / meap / 1e3:.1f}k | {mid:.3f} [{lo:.3f}, {hi:.3f}] | {mask_ms:.2f} | "
             f"{'-' if mfu is None else f'{mfu * 100:.1f}%'} |")
@@ -162,14 +154,14 @@ def load_reference(folder):
     """GPT and GPTConfig of folder/model.py, imported under a name of their own."""
     path = os.path.join(folder, "model.py")
     if not os.path.isfile(path):
-        sys.exit(f"error: --reference {folder}: no model.py there (give the folder of a nanoGPT checkout)")
+        die(f"--reference {folder}: no model.py there (give the folder of a nanoGPT checkout)")
     spec = importlib.util.spec_from_file_location("reference_model", path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
         return module.GPT, module.GPTConfig
     except Exception as e:  # whatever that file does wrong
-        sys.exit(f"error: --reference {path}: cannot import GPT and GPTConfig from it ({type(e).__name__}: {e})")
+        die(f"--reference {path}: cannot import GPT and GPTConfig from it ({type(e).__name__}: {e})")
 
 
 def compare_reference(RefGPT, RefConfig, cfg):
@@ -177,12 +169,12 @@ def compare_reference(RefGPT, RefConfig, cfg):
     torch.manual_seed(0)
     B, T = cfg["batch_size"], cfg["block_size"]
     ours = GPT(model_config(cfg)).to(device)
-    wanted = dict(block_size=T, vocab_size=192, n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
+    wanted = dict(block_size=T, vocab_size=ours.config.vocab_size, n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
                   dropout=0.0, bias=False)
     fields = {f.name for f in dataclasses.fields(RefConfig)}
     with contextlib.redirect_stdout(io.StringIO()):  # nanoGPT prints its parameter count
         ref = RefGPT(RefConfig(**{k: v for k, v in wanted.items() if k in fields})).to(device)
-    x, y = torch.randint(0, 160, (B, T), device=device), torch.randint(0, 160, (B, T), device=device)
+    x, y = (torch.randint(0, tasks.VOCAB_SIZE, (B, T), device=device) for _ in range(2))  # the tasks' ids
     runs = {"ours": ours, "reference": ref}
     if compile:  # both alike: fused element-wise kernels for each (the first warm-up step compiles)
         runs = {k: torch.compile(m) for k, m in runs.items()}
@@ -235,9 +227,10 @@ def save_table():
     env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ]  # it changes the figures
     head = (f"`{' '.join(env + ['python bench.py'] + sys.argv[1:])}` at commit {commit}, "
             f"{time.strftime('%Y-%m-%d', time.gmtime())}\n\n")
-    with open(out + ".tmp", "w") as f:
-        f.write(head + "\n".join(lines) + "\n")
-    os.replace(out + ".tmp", out)
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(head + "\n".join(lines) + "\n")
+    checkpoint.write_atomically(out, write)
     print(f"wrote {out}")
 
 

@@ -1,6 +1,6 @@
 """
 The plumbing of the flat scripts (train.py, sample.py, bench.py): their settings, their errors,
-their device, and the folder a run lives in. Nothing here is machine learning.
+their device and precision. Nothing here is machine learning.
 
 Settings. The scripts' settings are plain globals; apply() overrides them from the command line:
 
@@ -12,39 +12,19 @@ default: an int is accepted where a float is expected, booleans take true/false/
 bare `--flag` sets a boolean to true. An unknown key or a value of the wrong type raises
 ConfigError with one line naming the fix; `--help` prints every setting with its comment.
 
-Run folders, kept safe for the user:
-- load_checkpoint(path): a train.py checkpoint, or ValueError with one line saying what is wrong.
-- save_checkpoint(ckpt, path): atomic (a kill leaves the old file or the new one, never half of
-  one), and never non-finite weights (ValueError); a failed write (a full disk, a read-only
-  folder) removes its partial file and raises OSError saying what happened and where.
-- truncate_log(path, before): a resumed run's metrics.jsonl, cut back to its checkpoint.
-- check_writable(folder): fail before the work, not after it.
-- claim(folder): one run per folder. Creates the folder, locks it for this process (released at
-  exit; a second run is refused while the first lives, and a lock left by a killed run is taken
-  over with a note), and removes half-written *.tmp files that a killed run left behind.
-The lock is an fcntl lock on folder/lock (Linux, macOS), which holds the owner's pid: the kernel
-drops the lock when its process dies, however it dies, so a lock file is stale exactly when nobody
-holds it, and a clean exit removes the file. Without fcntl (Windows) folders are not locked.
+Checkpoints and run folders are in checkpoint.py.
 """
 
 import ast
-import atexit
 import difflib
-import glob
-import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
+from contextlib import nullcontext
+from types import SimpleNamespace
 
 import torch
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
 
 
 class ConfigError(ValueError):
@@ -143,13 +123,16 @@ def help_text(script_path, defaults):
 
 
 def die(msg, code=1):
-    """The scripts' way out on bad input: one line, `error: msg`, on stderr, and exit code. Under
+    """The one way out on bad input: `error: msg`, one line on stderr, and exit code (1: raised as
+    SystemExit("error: msg"), which Python prints at exit and a caller or a test can catch). Under
     torchrun every rank fails alike, so rank 0 says it, and the others wait a moment first:
     torchrun stops every rank as soon as one has exited."""
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(f"error: {msg}", file=sys.stderr, flush=True)
-    else:
+    if int(os.environ.get("RANK", 0)) != 0:
         time.sleep(5)
+        sys.exit(code)
+    if code == 1:
+        raise SystemExit(f"error: {msg}")
+    print(f"error: {msg}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 
@@ -171,6 +154,34 @@ def pick_device(name):
     if kind == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"--device {name}, but MPS is not available here; use --device cpu")
     return name
+
+
+def precision(device, dtype):
+    """How a script computes on a device: the device (checked, 'auto' resolved), its type, the dtype
+    ('auto': bfloat16 on CUDA, float16 on GPUs without bf16, float32 elsewhere), the autocast
+    context for the forward pass (none in float32), and a gradient scaler, active only in float16
+    (bf16 and fp32 have fp32's range). ConfigError (one line) on a bad device or dtype."""
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ConfigError(f"--dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    device = pick_device(device)
+    device_type = torch.device(device).type
+    if dtype == "auto":
+        dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
+    ptdtype = getattr(torch, dtype)
+    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls and convolutions where a GPU has them
+    torch.backends.cudnn.allow_tf32 = True
+    return SimpleNamespace(
+        device=device, device_type=device_type, dtype=dtype, ptdtype=ptdtype,
+        autocast=nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype),
+        scaler=torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16))
+
+
+def to_device(device, *tensors):
+    """The tensors on device; on CUDA copied from pinned memory without waiting, so that the copy
+    overlaps with the computation already queued."""
+    if torch.device(device).type == "cuda":
+        return [t.pin_memory().to(device, non_blocking=True) for t in tensors]
+    return [t.to(device) for t in tensors]
 
 
 def defaults_of(script_globals):
@@ -209,134 +220,3 @@ def read_settings(script_path):
             except ValueError:
                 pass  # not a literal: not a setting
     return settings
-
-
-# -----------------------------------------------------------------------------
-# run folders: checkpoints, the metrics log, one run per folder
-
-def load_checkpoint(path):
-    """The checkpoint dict train.py saved at path; ValueError (one line) if it is missing or unreadable."""
-    if not os.path.isfile(path):
-        raise ValueError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated by a full disk or a copy cut short, not a torch file, ...
-        raise ValueError(f"cannot read {path} as a train.py checkpoint ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:80] if str(e) else 'no details'}); it may be truncated") from None
-    if not isinstance(ckpt, dict) or not {"model", "model_args", "config"} <= ckpt.keys():
-        raise ValueError(f"{path} is not a train.py checkpoint (it lacks model, model_args or config)")
-    return ckpt
-
-
-def truncate_log(path, before):
-    """Keep the rows of the JSON-lines log at path (train.py's metrics.jsonl) whose "iter" is below
-    before, and drop the rest: a resumed run writes them again. Returns how many half-written lines
-    (a run killed mid-write) were dropped."""
-    kept, torn = [], 0
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    if json.loads(line)["iter"] < before:
-                        kept.append(line)
-                except ValueError:
-                    torn += 1
-    with open(path, "w") as f:
-        f.writelines(kept)
-    return torn
-
-
-def all_finite(state_dict):
-    return all(torch.isfinite(t).all() for t in state_dict.values() if torch.is_floating_point(t))
-
-
-def save_checkpoint(ckpt, path):
-    """Write ckpt (a dict with the model's state_dict under "model") to path, atomically."""
-    if not all_finite(ckpt["model"]):
-        raise ValueError(f"refusing to save non-finite weights to {path}")
-    tmp = path + ".tmp"
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)  # atomic: a reader sees the old checkpoint or the new one
-    except BaseException as e:  # a failed write, or Ctrl-C half-way: leave no partial file behind
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if not isinstance(e, (OSError, RuntimeError)):  # torch.save reports a full disk as a RuntimeError
-            raise
-        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-        reason = "the disk is full" if free < 2**20 else getattr(e, "strerror", None) or "the write failed"
-        raise OSError(f"could not write {path}: {reason} ({free / 2**20:.1f} MB free there)") from None
-
-
-def check_writable(folder):
-    """Create folder if needed; OSError (one line) unless a file can be written in it. For scripts
-    that write their results at the end: check before the work, not after it."""
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise OSError(f"{folder} is a file, not a folder")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise OSError(f"cannot write to {folder} ({e.strerror})") from None
-
-
-_held = {}  # folder -> the open lock file of a folder this process has claimed
-
-
-def claim(folder):
-    """Create folder if needed and lock it for this process until it exits. Returns a note (str)
-    when a killed run's lock was taken over, else None. ValueError if another live run holds the
-    folder; OSError (one line) if the folder cannot be created or written."""
-    folder = os.path.abspath(folder)
-    if folder in _held:
-        return None
-    check_writable(folder)
-    lock_path = os.path.join(folder, "lock")
-    while True:
-        try:
-            f = open(lock_path, "a+")
-        except OSError as e:
-            raise OSError(f"cannot write to {folder} ({e.strerror})") from None
-        if fcntl is None:
-            break
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            owner = f.read().strip()
-            f.close()
-            raise ValueError(f"{folder} is in use by another run (pid {owner or '?'}); wait for it to end, "
-                             f"or use another folder") from None
-        try:  # the owner may have released (and removed) the file between our open and our lock
-            if os.fstat(f.fileno()).st_ino == os.stat(lock_path).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        f.close()
-    f.seek(0)
-    owner = f.read().strip()
-    note = None
-    if owner and fcntl is not None:  # nobody holds the lock, yet a pid is written: its run was killed
-        note = f"{lock_path}: the run of pid {owner} ended without releasing it (killed?); taking it over"
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    _held[folder] = f
-    for tmp in glob.glob(os.path.join(folder, "*.tmp")):  # half-written by a killed run: never read
-        os.remove(tmp)
-    atexit.register(release, folder)
-    return note
-
-
-def release(folder=None):
-    """Unlock a folder claimed by this process (None: all of them). claim registers it for exit."""
-    for held in [os.path.abspath(folder)] if folder else list(_held):
-        f = _held.pop(held, None)
-        if f is not None:
-            try:
-                os.remove(os.path.join(held, "lock"))  # while still locked: no one else's file
-            except OSError:
-                pass  # the folder was removed under us: nothing left to release
-            f.close()

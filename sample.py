@@ -15,11 +15,12 @@ import sys
 
 import torch
 
+import batches
+import checkpoint
 import configurator
 import tasks
 import tokenizer
 from configurator import die
-from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # folder holding ckpt.pt
@@ -43,12 +44,10 @@ ckpt_path = os.path.join(out_dir, "ckpt.pt")
 if not os.path.exists(ckpt_path):
     die(f"no checkpoint at {ckpt_path}; train one first (python train.py), or point --out_dir at one")
 try:
-    ckpt = configurator.load_checkpoint(ckpt_path)
-    model = GPT(GPTConfig(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"])
-except (ValueError, RuntimeError, TypeError) as e:  # unreadable, or a checkpoint of another model.py
-    die(f"{ckpt_path} is not a checkpoint this model.py can load ({str(e).splitlines()[0]})")
-model.eval().to(device)
+    ckpt = checkpoint.load_checkpoint(ckpt_path)
+    model = checkpoint.model_of(ckpt, device)
+except ValueError as e:  # unreadable, or a checkpoint of another model.py
+    die(f"{ckpt_path}: {e}")
 meta, mask_token_id, cfg = ckpt["meta"], ckpt["mask_token_id"], ckpt["config"]
 torch.manual_seed(seed)
 
@@ -92,11 +91,11 @@ if start or meta["kind"] != "synthetic":
         print("---------------")
 else:
     # held-out prompts of the checkpoint's task, cut right after the first question
-    rng = tasks.stream(seed, tasks.PROMPTS)
+    rng = batches.stream(seed, batches.PROMPTS)
     names = ["mqar", "needle"] if cfg["task"] == "mix" else [cfg["task"]]
     for i in range(num_samples):
         name = names[i % len(names)]
-        b = tasks.get_batch(name, rng, 1, cfg["block_size"], cfg["n_pairs"], cfg["n_needles"])
+        b = tasks.make_batch(name, rng, 1, cfg["block_size"], cfg["n_pairs"], cfg["n_needles"])
         q = int(b.query[0].nonzero()[0])  # position of the first question's key
         prompt, expected = b.x[0, :q + 1].tolist(), tasks.ITOS[int(b.y[0, q])]
         out = generate(prompt)

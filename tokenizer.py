@@ -20,12 +20,14 @@ A dataset folder holds nanoGPT's format: train.bin and val.bin (uint16 ids) and 
 import argparse
 import os
 import pickle
-import sys
 import urllib.request
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+from checkpoint import write_atomically
+from configurator import die
 
 TOKENIZERS = ("gpt2", "byte", "bpe")
 # GPT-2's rule for splitting text before BPE (contractions, words, numbers, punctuation, spaces):
@@ -155,39 +157,37 @@ TINY_SHAKESPEARE = "https://raw.githubusercontent.com/karpathy/char-rnn/master/d
 
 
 def read_text(path=None, url=None):
-    """The text of a local file, or else of url; one-line SystemExit when neither works."""
+    """The text of a local file, or else of url; a one-line exit (die) when neither works."""
     if path:
         try:
             with open(path, encoding="utf-8") as f:
                 return f.read()
         except (OSError, UnicodeDecodeError) as e:
-            raise SystemExit(f"error: cannot read --input {path} ({type(e).__name__}); give a UTF-8 text file")
+            die(f"cannot read --input {path} ({type(e).__name__}); give a UTF-8 text file")
     try:
         with urllib.request.urlopen(url, timeout=30) as r:
             return r.read().decode("utf-8")
     except Exception as e:
-        raise SystemExit(f"error: cannot download {url} ({type(e).__name__}); "
+        die(f"cannot download {url} ({type(e).__name__}); "
                          f"pass --input PATH to a local text file instead")
 
 
 def write_split(path, ids):
     """ids as uint16 to path, through a temporary file (never a half-written .bin)."""
     arr = np.asarray(ids, dtype=np.uint16)
-    with open(path + ".tmp", "wb") as f:
-        arr.tofile(f)
-    os.replace(path + ".tmp", path)
+    write_atomically(path, arr.tofile)
 
 
 def prepare(out_dir, text, tok, val_fraction=0.1):
     """Tokenize text, split it (the first 1 - val_fraction is train, the rest val), and write
     out_dir/{train,val}.bin and meta.pkl. Returns {"train": n_tokens, "val": n_tokens}."""
     if tok.vocab_size > 65536:
-        raise SystemExit(f"error: a vocabulary of {tok.vocab_size} ids does not fit uint16")
+        die(f"a vocabulary of {tok.vocab_size} ids does not fit uint16")
     n = len(text)
     split = int(n * (1 - val_fraction))
     ids = {"train": tok.encode(text[:split]), "val": tok.encode(text[split:])}
     if min(len(v) for v in ids.values()) < 2:
-        raise SystemExit(f"error: the text is too short to split ({n} characters)")
+        die(f"the text is too short to split ({n} characters)")
     os.makedirs(out_dir, exist_ok=True)
     for split_name, v in ids.items():
         write_split(os.path.join(out_dir, f"{split_name}.bin"), v)
@@ -198,10 +198,10 @@ def prepare(out_dir, text, tok, val_fraction=0.1):
 def write_meta(out_dir, tok, **extra):
     """out_dir/meta.pkl for train.py: the vocabulary size ([MASK] comes next), the tokenizer, and
     what else it needs (a trained BPE's ranks, as bpe_ranks)."""
-    path = os.path.join(out_dir, "meta.pkl")
-    with open(path + ".tmp", "wb") as f:
-        pickle.dump({"vocab_size": tok.vocab_size, "tokenizer": tok.name, **extra}, f)
-    os.replace(path + ".tmp", path)
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            pickle.dump({"vocab_size": tok.vocab_size, "tokenizer": tok.name, **extra}, f)
+    write_atomically(os.path.join(out_dir, "meta.pkl"), write)
 
 
 def prepare_main(tokenizer_name, default_out, argv=None):
@@ -212,18 +212,18 @@ def prepare_main(tokenizer_name, default_out, argv=None):
     ap.add_argument("--input", default=None, help="a local UTF-8 text file (default: download tiny Shakespeare)")
     ap.add_argument("--out_dir", default=default_out, help="where to write (default: this script's folder)")
     ap.add_argument("--val_fraction", type=float, default=0.1, help="the last share of the text held out")
-    ap.error = lambda msg: sys.exit(f"error: {msg} (--help lists the options)")
+    ap.error = lambda msg: die(f"{msg} (--help lists the options)")
     args = ap.parse_args(argv)
     if not 0 < args.val_fraction < 1:
-        raise SystemExit(f"error: --val_fraction must be in (0, 1), got {args.val_fraction}")
+        die(f"--val_fraction must be in (0, 1), got {args.val_fraction}")
     try:
         tok = get_tokenizer(tokenizer_name)
     except ValueError as e:
-        raise SystemExit(f"error: {e}")
+        die(f"{e}")
     text = read_text(args.input, TINY_SHAKESPEARE)
     try:
         counts = prepare(args.out_dir, text, tok, args.val_fraction)
     except OSError as e:  # an --out_dir that cannot be written
-        raise SystemExit(f"error: cannot write to --out_dir {args.out_dir} ({e.strerror or type(e).__name__})")
+        die(f"cannot write to --out_dir {args.out_dir} ({e.strerror or type(e).__name__})")
     print(f"{len(text):,} characters -> {tokenizer_name} ({tok.vocab_size:,} ids, [MASK] = {tok.mask_id})")
     print(f"train.bin {counts['train']:,} tokens, val.bin {counts['val']:,} tokens, meta.pkl -> {args.out_dir}")

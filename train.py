@@ -14,8 +14,8 @@ of the *input* tokens by [MASK] before the forward pass; targets and loss stay t
 The default trains on a synthetic retrieval mixture generated on the fly (see tasks.py). Every
 setting below is a global; `python train.py --help` lists them with their comments.
 
-The MEAP line is in get_batch(), just above the training loop at the bottom: `x = batches.meap(...)`
-(tasks.Batches builds every batch; mask.py holds the masking itself).
+The MEAP line is in get_batch(), just above the training loop at the bottom: `meap_inputs(...)`
+from mask.py (batches.py builds every clean batch and draws the mask positions' random stream).
 
 Fine-tuning (--sft, from a checkpoint given to --init_from) trains on a fixed set of (prompt,
 answer) examples of the synthetic multi-document QA, with the loss on the answer only. MEAP-SFT
@@ -23,23 +23,24 @@ duplicates each example and masks mask_ratio of the answer tokens in the copy (m
 half as many examples per step, so both objectives see the same tokens per step (paper §3.2).
 """
 
+import dataclasses
 import json
 import math
 import os
-import signal
 import sys
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import batches
+import checkpoint
 import configurator
 import tasks
 from configurator import die
-from mask import num_masked
+from mask import meap_inputs, num_masked
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -99,51 +100,52 @@ seed = 1337  # seeds the weights, the data order and the masks
 defaults = configurator.defaults_of(globals())  # the settings above, as written there
 config_keys = list(defaults)
 overrides = configurator.apply(sys.argv[1:], globals())
-signal.signal(signal.SIGINT, lambda *_: die("interrupted before training began; nothing was written", 130))  # Ctrl-C
+SHAPE = ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd")  # what a checkpoint's weights fix
+
+
+def settings_from(ckpt, path, resume):
+    """The settings this run takes from the checkpoint it starts from. Resuming takes all of them
+    (a flag given now wins, except against the model's shape); fine-tuning takes the data and the
+    model (the checkpoint's, and a flag that disagrees is refused). A setting the checkpoint
+    predates had its default when it was trained."""
+    saved = {**defaults, **ckpt["config"]}
+    if resume:
+        taken = [k for k in config_keys if k not in overrides and k not in ("init_from", "out_dir", "overwrite")]
+        fixed = SHAPE
+        whose, hint = "the checkpoint's", "drop the flag to resume, or use a new --out_dir"
+    else:
+        taken = fixed = ["dataset", *SHAPE, "init", "emb_common"]
+        whose, hint = f"{path}'s", "drop the flag"
+    for k in fixed:
+        if k in overrides and overrides[k] != saved[k]:
+            die(f"--{k} {overrides[k]} does not match {whose} {saved[k]}; {hint}")
+    return {k: saved[k] for k in taken}
+
 
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 ckpt = None  # the checkpoint to start from, if any
-if init_from == "resume":
-    # continue with the settings saved in the checkpoint; flags given now still win
+if init_from == "resume":  # continue the run in out_dir, with the settings saved in its checkpoint
     if not os.path.exists(ckpt_path):
         die(f"--init_from resume: no checkpoint at {ckpt_path} (check --out_dir, or start with --init_from scratch)")
-    try:
-        ckpt = configurator.load_checkpoint(ckpt_path)
-    except ValueError as e:
-        die(f"{e}; use a new --out_dir")
-    saved_config = ckpt["config"]
-    for k, v in saved_config.items():
-        if k not in overrides and k not in ("init_from", "out_dir", "overwrite"):
-            globals()[k] = v
-    for k in ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
-        if k in overrides and overrides[k] != saved_config[k]:
-            die(f"--{k} {overrides[k]} does not match the checkpoint's {saved_config[k]}; "
-                f"drop the flag to resume, or use a new --out_dir")
+    start_path = ckpt_path
 elif init_from != "scratch":  # fine-tune: the weights and the model's shape from a checkpoint
-    base_path = init_from if init_from.endswith(".pt") else os.path.join(init_from, "ckpt.pt")
-    if not os.path.exists(base_path):
+    start_path = init_from if init_from.endswith(".pt") else os.path.join(init_from, "ckpt.pt")
+    if not os.path.exists(start_path):
         die(f"--init_from {init_from}: no checkpoint there (give a ckpt.pt, its folder, 'scratch' or 'resume')")
-    if os.path.abspath(os.path.dirname(base_path)) == os.path.abspath(out_dir):
-        die(f"--out_dir {out_dir} holds the checkpoint this run starts from; "
-            f"give the fine-tuned model its own --out_dir")
+    if os.path.abspath(os.path.dirname(start_path)) == os.path.abspath(out_dir):
+        die(f"--out_dir {out_dir} holds the checkpoint this run starts from; give the fine-tuned model its own --out_dir")
+if init_from != "scratch":
     try:
-        ckpt = configurator.load_checkpoint(base_path)
+        ckpt = checkpoint.load_checkpoint(start_path)
     except ValueError as e:
-        die(e)
-    base_config = ckpt["config"]
-    for k in ("dataset", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "init", "emb_common"):
-        saved = base_config.get(k, defaults[k])  # a setting the checkpoint predates had its default
-        if k in overrides and overrides[k] != saved:
-            die(f"--{k} {overrides[k]} does not match {base_path}'s {saved}; drop the flag")
-        globals()[k] = saved
+        die(f"{e}; use a new --out_dir" if init_from == "resume" else e)
+    globals().update(settings_from(ckpt, start_path, resume=init_from == "resume"))
 n_kv_head = n_kv_head or n_head  # resolved here, so that the checkpoint's settings name the count
 config = {k: globals()[k] for k in config_keys}
 finetune = sft != "none"
 
-# check the settings here, so that a mistake is one line now rather than a traceback later
-# (tasks.Batches checks the data, MEAP's and fine-tuning's settings; model.py the model's shape)
-if dtype not in ("auto", "float32", "bfloat16", "float16"):
-    die(f"--dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+# the settings' ranges, so that a mistake is one line now rather than a traceback later
+# (batches.Batches checks the data, MEAP's and fine-tuning's settings; GPTConfig the model's shape)
 if finetune and init_from == "scratch":
     die("--sft fine-tunes a trained model: give its checkpoint, --init_from out-base (or ckpt.pt)")
 for k in ("batch_size", "block_size", "max_iters", "gradient_accumulation_steps", "eval_interval", "log_interval",
@@ -160,10 +162,11 @@ if learning_rate == 0 or not (0 <= beta1 < 1 and 0 <= beta2 < 1) or seed < 0 or 
 # -----------------------------------------------------------------------------
 # devices and processes
 try:
-    device = configurator.pick_device(device)
+    precision = configurator.precision(device, dtype)  # the device, dtype, autocast and loss scaler
 except configurator.ConfigError as e:
     die(e)
-device_type = torch.device(device).type
+device, device_type, dtype, ctx, scaler = (precision.device, precision.device_type, precision.dtype,
+                                           precision.autocast, precision.scaler)
 ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
 if ddp:
     dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
@@ -178,61 +181,54 @@ if ddp:
 else:
     ddp_rank, ddp_world_size = 0, 1
 master = ddp_rank == 0  # the process that evaluates, logs and saves
-if dtype == "auto":
-    dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
-ptdtype = getattr(torch, dtype)
-ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
-torch.backends.cuda.matmul.allow_tf32 = True
-torch.backends.cudnn.allow_tf32 = True
 
 # -----------------------------------------------------------------------------
-# data. Every batch is a pure function of (seed, rank, iteration, micro-step) (tasks.Batches): a
+# data. Every batch is a pure function of (seed, rank, iteration, micro-step) (batches.py): a
 # resumed run sees exactly the data, and the masks, of the uninterrupted one, and NTP and MEAP runs
 # of a seed see the same data.
 try:
-    batches = tasks.Batches(config, ddp_rank, ddp_world_size)
+    data = batches.Batches(config, ddp_rank, ddp_world_size)
 except ValueError as e:
     die(e)
-mask_token_id, meta = batches.mask_token_id, batches.meta
-tokens_per_iter = int(gradient_accumulation_steps * ddp_world_size * batch_size * batches.row_tokens)
+mask_token_id, meta = data.mask_token_id, data.meta
+tokens_per_iter = int(gradient_accumulation_steps * ddp_world_size * batch_size * data.row_tokens)
 
 
 def to_device(*ts):
-    if device_type == "cuda":  # pinned memory lets the copy overlap with compute
-        return [t.pin_memory().to(device, non_blocking=True) for t in ts]
-    return [t.to(device) for t in ts]
+    return configurator.to_device(device, *ts)
 
 
 # -----------------------------------------------------------------------------
 # model and optimizer
 torch.manual_seed(seed)
-model_args = dict(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head,
-                  n_embd=n_embd, vocab_size=64 * math.ceil(batches.vocab_size / 64), init=init,  # pad vocab to 64s
-                  emb_common=emb_common)
-try:
-    raw_model = GPT(GPTConfig(**model_args)).to(device)
-except ValueError as e:  # the shape does not fit (model.py checks it)
+try:  # GPTConfig checks the shape, and pads the vocabulary ([MASK] included) to a multiple of 64
+    model_config = GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head,
+                             n_embd=n_embd, vocab_size=data.vocab_size, init=init, emb_common=emb_common)
+except ValueError as e:
     die(e)
+model_args = dataclasses.asdict(model_config)  # saved with every checkpoint: what builds the model again
+raw_model = GPT(model_config).to(device)
 optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
-scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
 iter_num = saved_iter = 0  # saved_iter: the step of the last checkpoint in out_dir (0: none yet)
-if ckpt is not None:  # a field of the model that the checkpoint predates had its default
-    ckpt["model_args"] = {**{k: getattr(GPTConfig(), k) for k in model_args}, **ckpt["model_args"]}
-if ckpt is not None and init_from not in ("scratch", "resume"):  # fine-tuning: the weights only
-    if ckpt["model_args"] != model_args:
-        die(f"{base_path} was trained with {ckpt['model_args']}, not {model_args}")
-    raw_model.load_state_dict(ckpt["model"])
-elif ckpt is not None:
-    if ckpt["model_args"] != model_args:
-        die(f"{ckpt_path} was trained with {ckpt['model_args']}, not {model_args}; use a new --out_dir")
+if ckpt is not None:  # resume: weights, optimizer, loss scaler, random state; fine-tune: the weights
+    resume = init_from == "resume"
+    fix = "; use a new --out_dir" if resume else ""
+    try:
+        trained = GPTConfig(**ckpt["model_args"])  # a field that the checkpoint predates takes its default
+    except (TypeError, ValueError) as e:
+        die(f"{start_path} holds a model this model.py cannot build ({e}){fix}")
+    if trained != model_config:
+        die(f"{start_path} was trained with {dataclasses.asdict(trained)}, not {model_args}{fix}")
     try:
         raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if resume:
+            optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
-        die(f"{ckpt_path} does not fit this model ({str(e).splitlines()[0]}); use a new --out_dir")
-    scaler.load_state_dict(ckpt["scaler"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    iter_num = saved_iter = ckpt["iter_num"]
+        die(f"{start_path} does not fit this model ({str(e).splitlines()[0]}){fix}")
+    if resume:
+        scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        iter_num = saved_iter = ckpt["iter_num"]
 ckpt = None  # free the memory
 model = torch.compile(raw_model) if compile else raw_model
 if ddp:
@@ -255,18 +251,18 @@ def evaluate():
     raw_model.eval()
     losses = []
     for k in range(eval_iters):
-        x, y = to_device(*(batches.sft_val(k) if finetune else batches.clean("val", k)[:2]))
+        x, y = to_device(*(data.sft_val(k) if finetune else data.clean("val", k)[:2]))
         with ctx:
             losses.append(raw_model(x, y)[1].item())
     out = {"val_loss": float(np.mean(losses))}
     if finetune:
         with ctx:
             out.update(tasks.evaluate_qa(raw_model, qa_tokens - 1, n_docs, answer_len, eval_examples,
-                                         seed=[tasks.VAL_SEED, tasks.EVAL], device=device))
+                                         seed=[batches.VAL_SEED, batches.EVAL], device=device))
     elif dataset == "synthetic":
         with ctx:
             out.update(tasks.evaluate(raw_model, task, block_size, n_pairs, n_needles, eval_examples,
-                                      seed=[tasks.VAL_SEED, tasks.EVAL], device=device))
+                                      seed=[batches.VAL_SEED, batches.EVAL], device=device))
     raw_model.train()
     return out
 
@@ -289,7 +285,7 @@ def save_checkpoint():
              "model_args": model_args, "iter_num": iter_num, "config": config, "meta": meta,
              "mask_token_id": mask_token_id, "rng": {"torch": torch.get_rng_state()}}
     try:
-        configurator.save_checkpoint(state, ckpt_path)  # atomic, and never non-finite weights
+        checkpoint.save_checkpoint(state, ckpt_path)  # atomic, and never non-finite weights
     except ValueError:
         diverged("the weights are not finite")
     except OSError as e:
@@ -305,22 +301,8 @@ def log_metrics(row):
         die(f"cannot write {metrics_path} ({e.strerror}); {resume_hint()}")
 
 
-# -----------------------------------------------------------------------------
-# training loop
-metrics_path = os.path.join(out_dir, "metrics.jsonl")
-signal.signal(signal.SIGINT, lambda *_: die(f"interrupted at iter {iter_num}; {resume_hint()}", 130))  # Ctrl-C
-if master:  # one run per out_dir: lock it, and never replace a finished run unasked (configurator.py)
-    try:
-        note = configurator.claim(out_dir)
-    except (ValueError, OSError) as e:
-        die(f"--out_dir: {e}")
-    if note:
-        print(note)
-    if init_from != "resume" and os.path.exists(ckpt_path) and not overwrite:
-        die(f"{out_dir} already holds a run ({ckpt_path}); continue it with --init_from resume, "
-            f"use another --out_dir, or replace it with --overwrite true")
-    if configurator.truncate_log(metrics_path, iter_num if init_from == "resume" else 0):  # rows past the checkpoint go
-        print(f"{metrics_path}: dropped a half-written line")
+def describe_run():
+    """The start-up line: the objective, the model, the data, the throughput's terms."""
     k = num_masked(block_size, mask_ratio)
     what = (f"MEAP, mask_ratio {mask_ratio} ({k} of {block_size} inputs, {mask_mode}"
             f"{', queries spared' if not mask_queries else ''}{', random tokens' if corruption == 'random' else ''})")
@@ -334,8 +316,21 @@ if master:  # one run per out_dir: lock it, and never replace a finished run una
             what += " (1 masked answer token: that copy's loss equals the clean example's; see mask.py)"
         data_name = (f"{sft_examples} qa examples ({n_docs} documents, {answer_len}-token answers, "
                      f"{qa_tokens} tokens), from {init_from}")
-    print(f"{what} | {raw_model.num_params() / 1e6:.2f}M parameters | {data_name} | "
-          f"{tokens_per_iter:,} tokens/iter | {device} {dtype} | {ddp_world_size} process(es)")
+    return (f"{what} | {raw_model.num_params() / 1e6:.2f}M parameters | {data_name} | "
+            f"{tokens_per_iter:,} tokens/iter | {device} {dtype} | {ddp_world_size} process(es)")
+
+
+# -----------------------------------------------------------------------------
+# training loop
+metrics_path = os.path.join(out_dir, "metrics.jsonl")
+if master:  # one run per out_dir: lock it, and never replace a finished run unasked (checkpoint.py)
+    checkpoint.claim_or_die(out_dir, "out_dir")
+    if init_from != "resume" and os.path.exists(ckpt_path) and not overwrite:
+        die(f"{out_dir} already holds a run ({ckpt_path}); continue it with --init_from resume, "
+            f"use another --out_dir, or replace it with --overwrite true")
+    if checkpoint.truncate_log(metrics_path, iter_num if init_from == "resume" else 0):  # rows past the checkpoint go
+        print(f"{metrics_path}: dropped a half-written line")
+    print(describe_run())
     if iter_num:
         print(f"resuming from {ckpt_path} at iter {iter_num}")
 
@@ -343,72 +338,77 @@ if master:  # one run per out_dir: lock it, and never replace a finished run una
 def get_batch(it, micro):
     """Inputs and targets of one micro-step of training, on the device."""
     if finetune:  # MEAP-SFT (§3.2): duplicated examples, answers masked in the copy
-        x, y = batches.sft(it, micro)
+        x, y = data.sft(it, micro)
     else:
-        x, y, query = batches.clean("train", it, micro)
-        x = batches.meap(x, query, it, micro)  # MEAP (§3.1): [MASK]s in the inputs; y stays clean
+        x, y, query = data.clean("train", it, micro)
+        # MEAP (§3.1): floor(T * mask_ratio) inputs per row become [MASK]; the targets y stay clean
+        x, _ = meap_inputs(x, mask_ratio, mask_token_id, mask_mode, exclude=None if mask_queries else query,
+                           generator=data.mask_generator(it, micro), corruption=corruption, vocab_size=mask_token_id)
     return to_device(x, y)
 
 
-t_start = t_last = time.time()
-it_last, dt_avg, n_lines, final = iter_num, None, 0, {}
-x, y = get_batch(iter_num, 0)
-while True:
-    lr = get_lr(iter_num)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+try:  # Ctrl-C: stop at once, keep the last checkpoint, say how to continue
+    t_start = t_last = time.time()
+    it_last, dt_avg, n_lines, final = iter_num, None, 0, {}
+    x, y = get_batch(iter_num, 0)
+    while True:
+        lr = get_lr(iter_num)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
 
-    if master and (iter_num % eval_interval == 0 or iter_num >= max_iters):
-        final = evaluate()
-        accs = " ".join(f"{k[4:]} {v:.3f}" for k, v in final.items() if k in ("acc_mqar", "acc_needle", "acc_qa"))
-        print(f"eval {iter_num}: clean val loss {final['val_loss']:.4f}" + (f" | acc {accs}" if accs else ""))
-        log_metrics({"iter": iter_num, **final})
-        if not math.isfinite(final["val_loss"]):
-            diverged(f"the clean val loss is {final['val_loss']}")
-        if iter_num > 0:
-            save_checkpoint()
-        t_last, it_last = time.time(), iter_num  # leave the evaluation out of the step timing
-    if iter_num >= max_iters:  # also when resuming a run that is already past max_iters
-        break
+        if master and (iter_num % eval_interval == 0 or iter_num >= max_iters):
+            final = evaluate()
+            accs = " ".join(f"{k[4:]} {v:.3f}" for k, v in final.items() if k in ("acc_mqar", "acc_needle", "acc_qa"))
+            print(f"eval {iter_num}: clean val loss {final['val_loss']:.4f}" + (f" | acc {accs}" if accs else ""))
+            log_metrics({"iter": iter_num, **final})
+            if not math.isfinite(final["val_loss"]):
+                diverged(f"the clean val loss is {final['val_loss']}")
+            if iter_num > 0:
+                save_checkpoint()
+            t_last, it_last = time.time(), iter_num  # leave the evaluation out of the step timing
+        if iter_num >= max_iters:  # also when resuming a run that is already past max_iters
+            break
 
-    for micro in range(gradient_accumulation_steps):
-        if ddp:  # synchronise gradients only on the last micro-step
-            model.require_backward_grad_sync = micro == gradient_accumulation_steps - 1
-        with ctx:
-            _, loss = model(x, y)
-            loss = loss / gradient_accumulation_steps
-        scaler.scale(loss).backward()
-        # the next micro-step's batch: on a GPU the lines above only queue work, so it is drawn,
-        # masked and copied while the GPU computes this one; batches depend on (iter, micro) alone
-        nxt = micro + 1
-        x, y = get_batch(iter_num + nxt // gradient_accumulation_steps, nxt % gradient_accumulation_steps)
-    norm = torch.zeros(())
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
-    # a non-finite loss or gradient norm: the run has diverged; stop before the step (fp16's loss
-    # scaler skips steps with infinite gradients by design, so with it only the loss counts)
-    if not math.isfinite((loss if scaler.is_enabled() else loss + norm.to(loss.device)).item()):
-        diverged(f"the loss is {loss.item() * gradient_accumulation_steps:.4g}" +
-                 (f" (gradient norm {norm.item():.4g})" if grad_clip > 0 else ""))
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+        for micro in range(gradient_accumulation_steps):
+            if ddp:  # synchronise gradients only on the last micro-step
+                model.require_backward_grad_sync = micro == gradient_accumulation_steps - 1
+            with ctx:
+                _, loss = model(x, y)
+                loss = loss / gradient_accumulation_steps
+            scaler.scale(loss).backward()
+            # the next micro-step's batch: on a GPU the lines above only queue work, so it is drawn,
+            # masked and copied while the GPU computes this one; batches depend on (iter, micro) alone
+            nxt = micro + 1
+            x, y = get_batch(iter_num + nxt // gradient_accumulation_steps, nxt % gradient_accumulation_steps)
+        norm = torch.zeros(())
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+        # a non-finite loss or gradient norm: the run has diverged; stop before the step (fp16's loss
+        # scaler skips steps with infinite gradients by design, so with it only the loss counts)
+        if not math.isfinite((loss if scaler.is_enabled() else loss + norm.to(loss.device)).item()):
+            diverged(f"the loss is {loss.item() * gradient_accumulation_steps:.4g}" +
+                     (f" (gradient norm {norm.item():.4g})" if grad_clip > 0 else ""))
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
 
-    if master and iter_num % log_interval == 0:
-        train_loss = loss.item() * gradient_accumulation_steps  # .item() waits for the GPU
-        now = time.time()
-        dt = (now - t_last) / (iter_num + 1 - it_last)  # seconds per iteration since the last line
-        t_last, it_last = now, iter_num + 1
-        n_lines += 1  # the first window holds the start-up (CUDA init, compilation): the second restarts the average
-        dt_avg = dt if n_lines <= 2 else 0.7 * dt_avg + 0.3 * dt
-        mfu = raw_model.estimate_mfu(tokens_per_iter / dt, batches.row_len, device) if ptdtype != torch.float32 else None
-        eta = (max_iters - iter_num - 1) * dt_avg
-        print(f"iter {iter_num}/{max_iters} | loss {train_loss:.4f} | lr {lr:.2e} | {dt * 1000:.1f} ms/iter | "
-              f"{tokens_per_iter / dt / 1000:.1f}k tok/s" + (f" | mfu {mfu * 100:.1f}%" if mfu else "") +
-              f" | eta {int(eta // 60)}m{int(eta % 60):02d}s")
-        log_metrics({"iter": iter_num, "loss": train_loss, "lr": lr, "ms_per_iter": dt * 1000})
-    iter_num += 1
+        if master and iter_num % log_interval == 0:
+            train_loss = loss.item() * gradient_accumulation_steps  # .item() waits for the GPU
+            now = time.time()
+            dt = (now - t_last) / (iter_num + 1 - it_last)  # seconds per iteration since the last line
+            t_last, it_last = now, iter_num + 1
+            n_lines += 1  # the first window holds the start-up (CUDA init, compilation): restart the average
+            dt_avg = dt if n_lines <= 2 else 0.7 * dt_avg + 0.3 * dt
+            mfu = raw_model.estimate_mfu(tokens_per_iter / dt, data.row_len, device) if dtype != "float32" else None
+            eta = (max_iters - iter_num - 1) * dt_avg
+            print(f"iter {iter_num}/{max_iters} | loss {train_loss:.4f} | lr {lr:.2e} | {dt * 1000:.1f} ms/iter | "
+                  f"{tokens_per_iter / dt / 1000:.1f}k tok/s" + (f" | mfu {mfu * 100:.1f}%" if mfu else "") +
+                  f" | eta {int(eta // 60)}m{int(eta % 60):02d}s")
+            log_metrics({"iter": iter_num, "loss": train_loss, "lr": lr, "ms_per_iter": dt * 1000})
+        iter_num += 1
+except KeyboardInterrupt:
+    die(f"interrupted at iter {iter_num}; {resume_hint()}", 130)
 
 if ddp:  # every process should end with the same weights; check, then say so
     flat = torch.cat([p.detach().float().flatten() for p in raw_model.parameters()])

@@ -33,8 +33,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
-import configurator  # noqa: E402
+from configurator import die  # noqa: E402
+import checkpoint  # noqa: E402
 import tasks  # noqa: E402
+from batches import VAL_SEED, torch_generator  # noqa: E402
 from experiments import common  # noqa: E402
 from mask import meap_inputs  # noqa: E402
 from model import GPT  # noqa: E402
@@ -221,8 +223,11 @@ def plot_bars(ax, values, errors=None, title=None, ylabel=None, colors=None):
 # -----------------------------------------------------------------------------
 # the probe of one checkpoint, and the table over a compare.py grid
 
+PROBE = 11  # with batches.VAL_SEED: the random stream of the held-out prompts
+
+
 @torch.no_grad()
-def probe(model, cfg, n_examples=200, seed=(tasks.VAL_SEED, tasks.PROBE), mask_ratio=0.15, mask_token_id=None):
+def probe(model, cfg, n_examples=200, seed=(VAL_SEED, PROBE), mask_ratio=0.15, mask_token_id=None):
     """Every attention measurement of one model on held-out prompts of its trained settings, as a
     flat dict of floats. cfg holds train.py's block_size, n_pairs and n_needles.
     - needle_*: the trained needle task; the retrieval head is the (layer, head) with the largest
@@ -262,8 +267,8 @@ def probe(model, cfg, n_examples=200, seed=(tasks.VAL_SEED, tasks.PROBE), mask_r
     res["kv_share_in"] = float(np.mean([res[f"kv_share_p{i}"] for i in range(N)]))
     res["kv_share_out"] = float(np.mean([res[f"kv_share_p{i}"] for i in range(N, 2 * N)]))
 
-    mb = tasks.get_batch("mix", rng, n_examples, T, P, N)
-    g = tasks.torch_generator(rng)
+    mb = tasks.make_batch("mix", rng, n_examples, T, P, N)
+    g = torch_generator(rng)
     xm, mask = meap_inputs(mb.x, mask_ratio, mask_token_id, generator=g)
     _, att_n = attention_maps(model, mb.x)
     _, att_m = attention_maps(model, xm)
@@ -316,16 +321,16 @@ def main(argv=None):
     ap.add_argument("--mask_ratio", type=float, default=0.15,
                     help="ratio of the masked copy for the paired metrics; at most 0.5 (masked and unmasked keys)")
     ap.add_argument("--report", default=None, metavar="DIR", help="only rewrite DIR/attention.md from DIR/attention.json")
-    ap.error = lambda msg: sys.exit(f"error: {msg} (python experiments/attention.py --help lists the options)")
+    ap.error = lambda msg: die(f"{msg} (python experiments/attention.py --help lists the options)")
     args = ap.parse_args(argv)
     if args.report:
         if not os.path.exists(os.path.join(args.report, "attention.json")):
-            raise SystemExit(f"error: {args.report} has no attention.json; "
+            die(f"{args.report} has no attention.json; "
                          f"run python experiments/attention.py --grid {args.report}")
         print(report(args.report))
         return
     if args.examples < 1 or not 0 < args.mask_ratio <= 0.5:  # the paired metrics need masked and unmasked keys
-        raise SystemExit(f"error: --examples must be at least 1 and --mask_ratio in (0, 0.5] "
+        die(f"--examples must be at least 1 and --mask_ratio in (0, 0.5] "
                          f"(got {args.examples} and {args.mask_ratio})")
     runs = os.path.join(args.grid, "runs")
     found = {}
@@ -334,12 +339,12 @@ def main(argv=None):
         if m and os.path.exists(os.path.join(runs, name, "ckpt.pt")):
             found[(float(m.group(1)), int(m.group(2)))] = os.path.join(runs, name)
     if not found:
-        raise SystemExit(f"error: no checkpoints in {runs}; "
+        die(f"no checkpoints in {runs}; "
                          f"train a grid first: python experiments/compare.py --out {args.grid}")
     try:
-        configurator.check_writable(args.grid)  # attention.json goes there: check before the work
+        checkpoint.check_writable(args.grid)  # attention.json goes there: check before the work
     except OSError as e:
-        raise SystemExit(f"error: --grid: {e}")
+        die(f"--grid: {e}")
     seeds = sorted({s for _, s in found})
     results, configs = {}, {}
     for (r, s), path in sorted(found.items()):
@@ -348,7 +353,7 @@ def main(argv=None):
             configs[s] = (model.config, cfg)
             results[(r, s)] = probe(model, cfg, args.examples, mask_ratio=args.mask_ratio)
         except ValueError as e:  # an unreadable checkpoint, or a --mask_ratio its block cannot take
-            raise SystemExit(f"error: {path}: {e}")
+            die(f"{path}: {e}")
         print(f"mask_ratio {r:.2f} seed {s} (step {it}): " + ", ".join(
             f"{k} {results[(r, s)][k]:.3f}" for k, _, _ in COLUMNS), flush=True)
     # the step-0 control: each seed's weights before training (train.py seeds the init with --seed)

@@ -19,8 +19,10 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: train.py, model.py, ...
 sys.path.insert(0, ROOT)
 
+from configurator import die  # noqa: E402
+import checkpoint  # noqa: E402
 import configurator  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+from checkpoint import load_model, write_atomically  # noqa: E402,F401  (load_model: the experiments' import)
 
 
 # -----------------------------------------------------------------------------
@@ -61,30 +63,21 @@ def steps_to(metrics, target=0.9, key="acc"):
 # -----------------------------------------------------------------------------
 # checkpoints and files: results are written atomically, never half a file
 
-def load_model(run_dir, device="cpu"):
-    """The model of run_dir/ckpt.pt in eval mode, its train.py settings and its step; ValueError
-    (one line) if the file cannot be read."""
-    ckpt = configurator.load_checkpoint(os.path.join(run_dir, "ckpt.pt"))
-    model = GPT(GPTConfig(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"])
-    return model.eval().to(device), ckpt["config"], ckpt["iter_num"]
-
-
 def read_json(path):
     with open(path) as f:
         return json.load(f)
 
 
 def write_text(path, text):
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)  # atomic: a half-written result is never read as finished
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    write_atomically(path, write)  # a half-written result is never read as finished
 
 
 def save_png(fig, path):
     """A matplotlib Figure as a PNG at path, through a temporary file: never a half-written picture."""
-    fig.savefig(path + ".tmp", dpi=90, format="png")
-    os.replace(path + ".tmp", path)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
 
 
 def write_json(path, obj):
@@ -170,7 +163,7 @@ def in_parallel(fn, todo, jobs, describe, eta_label="eta"):
                 job, res, dt = future.result()
             except RuntimeError as e:  # a failed run: start no more, say which and where its log is
                 pool.shutdown(wait=True, cancel_futures=True)
-                raise SystemExit(f"error: {e}")
+                die(f"{e}")
             done.append((job, res))
             eta = (time.time() - t0) / n * (len(todo) - n)
             print(f"[{n}/{len(todo)}] {describe(job, res)} | {dt / 60:.1f} min | {eta_label} {eta / 60:.1f} min",
@@ -212,7 +205,7 @@ def interrupted(out):
     stop_children()
     print(f"interrupted: the finished runs are kept in {out}; run the same command again to continue "
           f"(a half-trained run resumes from its last checkpoint)", file=sys.stderr, flush=True)
-    configurator.release()
+    checkpoint.release()
     sys.stdout.flush()
     os._exit(130)
 
@@ -345,14 +338,16 @@ def prepare_command(dataset):
     return PREPARE.get(dataset, f"python data/{dataset}/prepare.py")
 
 
-def parse_list(text, kind):
+def parse_list(text, kind, flag=""):
+    """A comma-separated option as a tuple of kind (finite, for floats); a one-line exit if not."""
     try:
         values = tuple(kind(v) for v in text.split(","))
         if kind is float and not all(math.isfinite(v) for v in values):
             raise ValueError
         return values
     except ValueError:
-        raise SystemExit(f"error: cannot read {text!r} as a comma-separated list of {kind.__name__}s")
+        die(f"cannot read {f'--{flag} ' if flag else ''}{text!r} as a comma-separated "
+                         f"list of {kind.__name__}s")
 
 
 def apply_set(settings, pairs, fixed, hint):
@@ -363,16 +358,16 @@ def apply_set(settings, pairs, fixed, hint):
     defaults = configurator.read_settings(os.path.join(ROOT, "train.py"))
     for kv in pairs:
         if "=" not in kv:
-            raise SystemExit(f"error: --set takes KEY=VALUE, got {kv!r}")
+            die(f"--set takes KEY=VALUE, got {kv!r}")
         k, v = kv.split("=", 1)
         if k in fixed:
-            raise SystemExit(f"error: --set {k} is chosen by the comparison; use {hint}")
+            die(f"--set {k} is chosen by the comparison; use {hint}")
         settings[k] = v
     for k, v in settings.items():
         try:
             configurator.parse([f"--{k}={v}"], defaults)
         except configurator.ConfigError as e:
-            raise SystemExit(f"error: --set: {e}")
+            die(f"--set: {e}")
     return settings
 
 
@@ -380,14 +375,9 @@ def claim_out(out, grid):
     """Lock the results folder `out` for this process, and write grid (its configuration) to
     out/grid.json. A folder holds one configuration: another one is refused once a run in it has
     a checkpoint (before that, a corrected command may replace it). One-line exit on failure."""
-    try:
-        note = configurator.claim(out)
-    except (ValueError, OSError) as e:
-        raise SystemExit(f"error: --out: {e}")
-    if note:
-        print(note)
+    checkpoint.claim_or_die(out, "out")
     cfg_path = os.path.join(out, "grid.json")
     trained = glob.glob(os.path.join(out, "**", "ckpt.pt"), recursive=True)
     if os.path.exists(cfg_path) and read_json(cfg_path) != grid and trained:
-        raise SystemExit(f"error: {out} holds runs trained with other settings ({cfg_path}); use a new --out")
+        die(f"{out} holds runs trained with other settings ({cfg_path}); use a new --out")
     write_json(cfg_path, grid)

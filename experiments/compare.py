@@ -40,13 +40,16 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
+from configurator import die  # noqa: E402
 import tasks  # noqa: E402
+from batches import VAL_SEED  # noqa: E402
 from experiments.common import (apply_set, claim_out, diff_cells, grid_runs, interrupted, load_model,  # noqa: E402
                                 load_runs, mean_sd, parse_list, read_json, record_runs, run_name, save_png,
                                 seeds_of, steps_to, summary, train, VERDICTS, write_json, write_text)
 
 # train.py's defaults for how MEAP masks and how the model starts, written into every preset so that
 # each grid's grid.json records them (the paper's uniform [MASK]; --set changes them per grid)
+SUITE = 7  # with batches.VAL_SEED: the random stream of the held-out suite (the core's ids are 0-5)
 MEAP_DEFAULTS = dict(mask_mode="per_sequence", mask_queries=True, corruption="mask", init="nanomeap", mqar_offset=0)
 # train.py settings of each preset; every run of a grid gets them, plus --mask_ratio and --seed
 PRESETS = {
@@ -81,7 +84,7 @@ def lengths_of(T):
 
 
 @torch.no_grad()
-def suite(model, cfg, n_examples=400, seed=(tasks.VAL_SEED, tasks.SUITE), device="cpu"):
+def suite(model, cfg, n_examples=400, seed=(VAL_SEED, SUITE), device="cpu"):
     """Accuracy of a trained model on every held-out setting (see the module docstring), as a
     flat dict of floats. cfg holds train.py's block_size, n_pairs and n_needles."""
     T, P, N = cfg["block_size"], cfg["n_pairs"], cfg["n_needles"]
@@ -308,19 +311,19 @@ def main(argv=None):
                     help="also report this grid minus the grid in DIR, ratio by ratio, paired by seed")
     ap.add_argument("--report", default=None, metavar="DIR",
                     help="only rewrite DIR/results.md and results.png from DIR/runs.json (no training)")
-    ap.error = lambda msg: sys.exit(f"error: {msg} (python experiments/compare.py --help lists the options)")
+    ap.error = lambda msg: die(f"{msg} (python experiments/compare.py --help lists the options)")
     args = ap.parse_args(argv)
     if args.report:
         for name in ("grid.json", "runs.json"):
             if not os.path.exists(os.path.join(args.report, name)):
-                raise SystemExit(f"error: {args.report} has no {name}; --report takes a folder compare.py wrote")
+                die(f"{args.report} has no {name}; --report takes a folder compare.py wrote")
         if args.against:  # recorded, so that the report stays a function of the folder
             record_runs(args.report, {}, against=os.path.relpath(args.against, args.report))
         print(report(args.report))
         print(f"wrote {args.report}/results.md and {args.report}/results.png")
         return
     if args.preset not in PRESETS:
-        raise SystemExit(f"error: unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+        die(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[args.preset]
     settings = apply_set(p["train"], args.set, ("mask_ratio", "seed", "out_dir", "init_from"), "--ratios/--seeds/--out")
     ratios = parse_list(args.ratios, float) if args.ratios is not None else p["ratios"]
@@ -329,11 +332,11 @@ def main(argv=None):
     jobs = p["jobs"] if args.jobs is None else args.jobs
     examples = p["examples"] if args.examples is None else args.examples
     if jobs < 1 or examples < 1:
-        raise SystemExit(f"error: --jobs and --examples must be at least 1 (got {jobs} and {examples})")
+        die(f"--jobs and --examples must be at least 1 (got {jobs} and {examples})")
     if args.against and not os.path.exists(os.path.join(args.against, "runs.json")):
-        raise SystemExit(f"error: --against {args.against}: no runs.json there; give a folder compare.py wrote")
+        die(f"--against {args.against}: no runs.json there; give a folder compare.py wrote")
     if not all(0 <= r < 1 for r in ratios) or min(seeds) < 0:
-        raise SystemExit(f"error: need --ratios in [0, 1) and --seeds >= 0 (got {ratios} and {seeds})")
+        die(f"need --ratios in [0, 1) and --seeds >= 0 (got {ratios} and {seeds})")
     claim_out(out, {"settings": {k: str(v) for k, v in settings.items()}, "examples": examples})
 
     n = len(ratios) * len(seeds)

@@ -35,12 +35,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
+from configurator import die  # noqa: E402
 import tasks  # noqa: E402
+from batches import VAL_SEED  # noqa: E402
 from experiments.common import (ROOT, apply_set, claim_out, diff_cells, in_parallel, interrupted,  # noqa: E402
                                 load_model, load_runs, mean_sd, paired_ci, parse_list, read_json, record_runs,
                                 save_png, steps_to, summary, train, verdict, VERDICTS, write_json, write_text)
 from experiments.compare import MEAP_DEFAULTS  # noqa: E402
 
+QA_TEST = 9  # with batches.VAL_SEED: the random stream of the held-out questions
 ARMS = {  # name: (train.py --sft, --mask_ratio; None = the preset's ratio)
     "ntp": ("ntp", 0.0),
     "concat": ("concat", None),
@@ -83,7 +86,7 @@ def score(run_dir, sft_settings, examples):
     during fine-tuning that train.py logged (none for the base); written to run_dir/sft.json."""
     model, _, _ = load_model(run_dir)
     res = tasks.evaluate_qa(model, int(sft_settings["qa_tokens"]) - 1, int(sft_settings["n_docs"]),
-                            int(sft_settings["answer_len"]), examples, seed=[tasks.VAL_SEED, tasks.QA_TEST])
+                            int(sft_settings["answer_len"]), examples, seed=[VAL_SEED, QA_TEST])
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         evals = [row for row in map(json.loads, f) if "acc_qa" in row]
     res["curve"] = [[row["iter"], row["acc_qa"]] for row in evals]
@@ -229,33 +232,33 @@ def main(argv=None):
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.py settings for every SFT run")
     ap.add_argument("--report", default=None, metavar="DIR",
                     help="only rewrite DIR/results.md and results.png from DIR/runs.json (no training)")
-    ap.error = lambda msg: sys.exit(f"error: {msg} (python experiments/compare_sft.py --help lists the options)")
+    ap.error = lambda msg: die(f"{msg} (python experiments/compare_sft.py --help lists the options)")
     args = ap.parse_args(argv)
     if args.report:
         for name in ("grid.json", "runs.json"):
             if not os.path.exists(os.path.join(args.report, name)):
-                raise SystemExit(f"error: {args.report} has no {name}; --report takes a folder compare_sft.py wrote")
+                die(f"{args.report} has no {name}; --report takes a folder compare_sft.py wrote")
         md, line = report(args.report)
         print(md + line)
         return
     if args.preset not in PRESETS:
-        raise SystemExit(f"error: unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+        die(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[args.preset]
     settings = apply_set(p["sft"], args.set, FIXED, "--arms/--mask_ratio/--seeds/--out")
     arms = parse_list(args.arms, str) if args.arms is not None else p["arms"]
     unknown = [a for a in arms if a not in ARMS]
     if unknown or "ntp" not in arms:
-        raise SystemExit(f"error: --arms takes names from {', '.join(ARMS)}, ntp included (got {args.arms!r})")
+        die(f"--arms takes names from {', '.join(ARMS)}, ntp included (got {args.arms!r})")
     seeds = parse_list(args.seeds, int) if args.seeds is not None else p["seeds"]
     ratio = p["mask_ratio"] if args.mask_ratio is None else args.mask_ratio
     if not 0 < ratio < 1:
-        raise SystemExit(f"error: --mask_ratio must be in (0, 1) for MEAP-SFT, got {ratio}")
+        die(f"--mask_ratio must be in (0, 1) for MEAP-SFT, got {ratio}")
     jobs = p["jobs"] if args.jobs is None else args.jobs
     examples = p["examples"] if args.examples is None else args.examples
     if jobs < 1 or examples < 1:
-        raise SystemExit(f"error: --jobs and --examples must be at least 1 (got {jobs} and {examples})")
+        die(f"--jobs and --examples must be at least 1 (got {jobs} and {examples})")
     if min(seeds) < 0:
-        raise SystemExit(f"error: --seeds must be >= 0, got {args.seeds}")
+        die(f"--seeds must be >= 0, got {args.seeds}")
     out = args.out or os.path.join("results", f"sft-{args.preset}")
     claim_out(out, {"base": {k: str(v) for k, v in p["base"].items()}, "sft": {k: str(v) for k, v in settings.items()},
                     "mask_ratio": ratio, "examples": examples})

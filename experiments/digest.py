@@ -21,6 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
+from configurator import die  # noqa: E402
 from experiments import attention, compare, common, text  # noqa: E402
 
 RESULTS = os.path.join(common.ROOT, "results")
@@ -359,7 +360,7 @@ def render(md):
     """md with every digest block rewritten from the data."""
     def fill(m):
         if m.group(2) not in TABLES:
-            raise SystemExit(f"error: unknown digest table {m.group(2)!r} (known: {', '.join(TABLES)})")
+            die(f"unknown digest table {m.group(2)!r} (known: {', '.join(TABLES)})")
         return m.group(1) + TABLES[m.group(2)]() + m.group(4)
     return BLOCK.sub(fill, md)
 
@@ -378,7 +379,7 @@ def main(argv=None):
             if not args.check:
                 common.write_text(path, new)
     if args.check and stale:
-        raise SystemExit(f"error: the tables of {' and '.join(stale)} are stale; run python experiments/digest.py")
+        die(f"the tables of {' and '.join(stale)} are stale; run python experiments/digest.py")
     print(("rewrote the tables of " + " and ".join(stale)) if stale and not args.check else
           "the tables of " + " and ".join(FILES) + " are up to date")
 

@@ -26,10 +26,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
+from configurator import die  # noqa: E402
+import checkpoint  # noqa: E402
 import configurator  # noqa: E402
-from experiments.common import save_png, write_json  # noqa: E402
+from experiments.common import parse_list, save_png, write_json  # noqa: E402
 from experiments.probes import needle_prompt  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
 from tokenizer import for_meta  # noqa: E402
 
 NEEDLE = " The special magic number is {}."
@@ -93,13 +94,6 @@ def heatmap(res, lengths, depths, title, path):
     save_png(fig, path)
 
 
-def parse_list(text, kind, flag):
-    try:
-        return [kind(v) for v in text.split(",")]
-    except ValueError:
-        raise SystemExit(f"error: cannot read --{flag} {text!r} as a comma-separated list of {kind.__name__}s")
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Needle in a haystack on natural text for a train.py checkpoint.")
     ap.add_argument("--out_dir", default="out", help="the checkpoint's folder (ckpt.pt)")
@@ -109,54 +103,55 @@ def main(argv=None):
     ap.add_argument("--trials", type=int, default=20, help="prompts per cell")
     ap.add_argument("--seed", type=int, default=0, help="seeds the numbers and the haystack offsets")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    ap.error = lambda msg: sys.exit(f"error: {msg} (python experiments/niah.py --help lists the options)")
+    ap.error = lambda msg: die(f"{msg} (python experiments/niah.py --help lists the options)")
     args = ap.parse_args(argv)
 
     path = os.path.join(args.out_dir, "ckpt.pt")
     if not os.path.exists(path):
-        raise SystemExit(f"error: no checkpoint at {path}; train one first (python train.py config/shakespeare_cpu.py)")
+        die(f"no checkpoint at {path}; train one first (python train.py config/shakespeare_cpu.py)")
     try:
-        ckpt = configurator.load_checkpoint(path)
-        configurator.check_writable(args.out_dir)  # niah.json goes there: check before the evaluation
+        ckpt = checkpoint.load_checkpoint(path)
+        checkpoint.check_writable(args.out_dir)  # niah.json goes there: check before the evaluation
         device = configurator.pick_device(args.device)
     except (ValueError, OSError) as e:
-        raise SystemExit(f"error: {e}")
+        die(f"{e}")
     meta, cfg = ckpt["meta"], ckpt["config"]
     if meta.get("kind") == "synthetic":
-        raise SystemExit(f"error: {path} was trained on the synthetic tasks, which have their own needle "
+        die(f"{path} was trained on the synthetic tasks, which have their own needle "
                          f"(python experiments/compare.py); niah.py needs a checkpoint trained on a text --dataset")
     data_dir = os.path.join("data", cfg["dataset"])  # as train.py reads it (an absolute path works too)
     val = os.path.join(data_dir, "val.bin")
     if not os.path.exists(val):
-        raise SystemExit(f"error: {val} not found: the haystack is the checkpoint's held-out text; "
+        die(f"{val} not found: the haystack is the checkpoint's held-out text; "
                          f"prepare it with python {os.path.join(data_dir, 'prepare.py')}")
     T = ckpt["model_args"]["block_size"]
     try:
         tok = for_meta(meta)
     except ValueError as e:
-        raise SystemExit(f"error: {e}")
+        die(f"{e}")
     # the shortest prompt worth asking: the needle, the question and a few haystack tokens
     shortest = len(tok.encode(NEEDLE.format(99999))) + len(tok.encode(QUESTION)) + 8
     if shortest > T - NEW_TOKENS:
-        raise SystemExit(f"error: block_size {T} is too short for the needle, the question and an answer "
+        die(f"block_size {T} is too short for the needle, the question and an answer "
                          f"({shortest + NEW_TOKENS} tokens with {tok.name}); train with a longer --block_size")
     lengths = parse_list(args.lengths, int, "lengths") if args.lengths else \
         sorted({max(T // 4, shortest), max(T // 2, shortest), T - NEW_TOKENS})
     depths = parse_list(args.depths, float, "depths")
     if max(lengths) + NEW_TOKENS > T or not all(0 <= d <= 1 for d in depths) or args.trials < 1:
-        raise SystemExit(f"error: need lengths of at most block_size - {NEW_TOKENS} = {T - NEW_TOKENS}, depths in "
+        die(f"need lengths of at most block_size - {NEW_TOKENS} = {T - NEW_TOKENS}, depths in "
                          f"[0, 1] and --trials >= 1 (got {lengths}, {depths}, {args.trials})")
 
-    model = GPT(GPTConfig(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"])
-    model.eval().to(device)
+    try:
+        model = checkpoint.model_of(ckpt, device)
+    except ValueError as e:
+        die(f"{path}: {e}")
     haystack = np.memmap(val, dtype=np.uint16, mode="r")
     what = f"MEAP {cfg['mask_ratio']}" if cfg["mask_ratio"] > 0 else "NTP"
     print(f"{path}: {what}, step {ckpt['iter_num']}, data/{cfg['dataset']} ({tok.name}); {args.trials} trials per cell")
     try:
         res = evaluate(model, tok, haystack, lengths, depths, args.trials, args.seed, device)
     except ValueError as e:
-        raise SystemExit(f"error: {e}")
+        die(f"{e}")
     md = table(res, lengths, depths)
     overall = float(np.mean(list(res.values())))
     print(md + f"\nmean accuracy {overall:.3f}")

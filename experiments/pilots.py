@@ -24,12 +24,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
-import tasks  # noqa: E402
+from configurator import die  # noqa: E402
+from batches import VAL_SEED  # noqa: E402
 from experiments import probes  # noqa: E402
 from experiments.common import (claim_out, in_parallel, interrupted, parse_list, prepare_command,  # noqa: E402
                                 read_json, train, write_json, write_text)
 
-SEED = [tasks.VAL_SEED, tasks.TEXT_PROBES]  # the probes' held-out draws, as text.py's
+SEED = [VAL_SEED, probes.TEXT_PROBES]  # the probes' held-out draws, as text.py's
 SPAN = 16  # tokens of the repeated span
 EXAMPLES = 100  # probe sequences per kind and gap
 # the model and optimisation every pilot shares: text.py's 2 x 128 model on 128-token rows of 8
@@ -100,7 +101,7 @@ def report(out):
     """out/results.md from out/*.json: one table row per pilot and stage, and each pilot's verdict."""
     pilots = [read_json(os.path.join(out, f"{n}.json")) for n in PILOTS if os.path.exists(os.path.join(out, f"{n}.json"))]
     if not pilots:
-        raise SystemExit(f"error: {out} holds no pilot data (NAME.json); run the pilots first")
+        die(f"{out} holds no pilot data (NAME.json); run the pilots first")
     gaps = list(pilots[0]["stages"][0]["copying"]["random"])
     head = ("| pilot | step | tokens | clean val loss | previous-token share, per layer | "
             + " | ".join(f"{kind} span, gap {g}: 1st / 2nd" for kind in probes.KINDS for g in gaps) + " |\n")
@@ -161,7 +162,7 @@ def main(argv=None):
     ap.add_argument("--stages", default=None, help=f"comma-separated steps to probe at (default {STAGES})")
     ap.add_argument("--jobs", type=int, default=2, help="pilots at a time, one CPU thread each")
     ap.add_argument("--report", default=None, metavar="DIR", help="only rewrite DIR/results.md from DIR's pilot data")
-    ap.error = lambda msg: sys.exit(f"error: {msg} (python experiments/pilots.py --help lists the options)")
+    ap.error = lambda msg: die(f"{msg} (python experiments/pilots.py --help lists the options)")
     args = ap.parse_args(argv)
     if args.report:
         print(report(args.report), end="")
@@ -171,12 +172,12 @@ def main(argv=None):
     stages = parse_list(args.stages, int) if args.stages else STAGES
     unknown = [n for n in names if n not in PILOTS]
     if unknown or list(stages) != sorted(set(stages)) or stages[0] < 1 or args.jobs < 1:
-        raise SystemExit(f"error: need pilots among {', '.join(PILOTS)} (got {', '.join(unknown) or 'those'}), "
+        die(f"need pilots among {', '.join(PILOTS)} (got {', '.join(unknown) or 'those'}), "
                          f"increasing --stages >= 1 and --jobs >= 1")
     for n in names:
         data = os.path.join("data", PILOTS[n][1]["dataset"], "train.bin")
         if not os.path.exists(data):
-            raise SystemExit(f"error: {data} not found; prepare it first: {prepare_command(PILOTS[n][1]['dataset'])}")
+            die(f"{data} not found; prepare it first: {prepare_command(PILOTS[n][1]['dataset'])}")
     claim_out(args.out, {"pilots": BASE, "pilot_stages": list(stages)})
     try:
         in_parallel(lambda n: run_pilot(args.out, n, stages, threads=1), names, args.jobs,

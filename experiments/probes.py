@@ -32,12 +32,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
+from configurator import die  # noqa: E402
+import checkpoint  # noqa: E402
 import configurator  # noqa: E402
-import tasks  # noqa: E402
+from batches import torch_generator  # noqa: E402
 from experiments.common import write_json  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
 from tokenizer import for_meta  # noqa: E402
 
+TEXT_PROBES = 13  # with batches.VAL_SEED: the random stream of text.py's and pilots.py's probes
 LEAD = 8  # held-out tokens before the first copy: the span never starts at position 0
 PASSWORD = " the password is"
 KINDS = ("random", "frequent", "text")  # the copying probe's spans
@@ -189,7 +191,7 @@ def attention_on_text(model, haystack, mask_token_id, n=50, mask_ratio=0.15, see
         raise ValueError(f"the held-out text holds {len(haystack)} tokens, fewer than a window of {T}")
     starts = rng.integers(len(haystack) - T, size=n)
     x = torch.from_numpy(np.stack([np.asarray(haystack[s:s + T], dtype=np.int64) for s in starts]))  # (n, T)
-    xm, mask = meap_inputs(x, mask_ratio, mask_token_id, generator=tasks.torch_generator(rng))
+    xm, mask = meap_inputs(x, mask_ratio, mask_token_id, generator=torch_generator(rng))
     _, att_n = attention.attention_maps(model, x)
     _, att_m = attention.attention_maps(model, xm)
     return {"score_change": attention.masked_score_change(att_n, att_m, mask),
@@ -200,16 +202,15 @@ def attention_on_text(model, haystack, mask_token_id, n=50, mask_ratio=0.15, see
 
 def load(out_dir, device="auto"):
     """(model, tok, haystack, ckpt) of a text checkpoint; ValueError (one line) if it cannot be probed."""
-    ckpt = configurator.load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
+    ckpt = checkpoint.load_checkpoint(out_dir)
     if ckpt["meta"].get("kind") == "synthetic":
         raise ValueError(f"{out_dir} was trained on the synthetic tasks; the probes need a text --dataset")
     val = os.path.join("data", ckpt["config"]["dataset"], "val.bin")
     if not os.path.exists(val):
         raise ValueError(f"{val} not found: the probes read the checkpoint's held-out text; prepare it first")
     tok = for_meta(ckpt["meta"])
-    model = GPT(GPTConfig(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"])
-    return model.eval().to(configurator.pick_device(device)), tok, np.memmap(val, dtype=np.uint16, mode="r"), ckpt
+    model = checkpoint.model_of(ckpt, configurator.pick_device(device))
+    return model, tok, np.memmap(val, dtype=np.uint16, mode="r"), ckpt
 
 
 def main(argv=None):
@@ -220,11 +221,11 @@ def main(argv=None):
     ap.add_argument("--depths", default="0,0.5,1", help="passkey: comma-separated needle depths in [0, 1]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    ap.error = lambda msg: sys.exit(f"error: {msg} (python experiments/probes.py --help lists the options)")
+    ap.error = lambda msg: die(f"{msg} (python experiments/probes.py --help lists the options)")
     args = ap.parse_args(argv)
     try:
         model, tok, haystack, ckpt = load(args.out_dir, args.device)
-        configurator.check_writable(args.out_dir)
+        checkpoint.check_writable(args.out_dir)
         depths = [float(d) for d in args.depths.split(",")]
         T = ckpt["model_args"]["block_size"]
         gaps = [g for g in (16, 64, 128, 256, 512) if LEAD + 2 * args.span + g <= T]
@@ -237,7 +238,7 @@ def main(argv=None):
                for kind in KINDS}
         pk = passkey(model, tok, haystack, lengths, depths, args.examples, args.seed, dev)
     except ValueError as e:
-        raise SystemExit(f"error: {e}")
+        die(f"{e}")
     what = f"MEAP {ckpt['config']['mask_ratio']}" if ckpt["config"]["mask_ratio"] > 0 else "NTP"
     print(f"{args.out_dir}: {what}, step {ckpt['iter_num']}, data/{ckpt['config']['dataset']} ({tok.name})")
     for kind, by_gap in res.items():

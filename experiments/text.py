@@ -30,14 +30,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
-import tasks  # noqa: E402
+from configurator import die  # noqa: E402
+from batches import VAL_SEED  # noqa: E402
 from experiments import probes  # noqa: E402
 from experiments.common import (apply_set, claim_out, grid_runs, interrupted, load_runs, mean_sd,  # noqa: E402
                                 parse_list, prepare_command, read_json, record_runs, save_png, seeds_of, summary, train,
                                 VERDICTS, within, write_json, write_text)
 from experiments.compare import MEAP_DEFAULTS  # noqa: E402
 
-SEED = [tasks.VAL_SEED, tasks.TEXT_PROBES]  # the probes' held-out draws
+SEED = [VAL_SEED, probes.TEXT_PROBES]  # the probes' held-out draws
 PRESETS = {
     # 2 cores: 12 runs, two at a time
     "cpu": dict(train=dict(dataset="shakespeare_byte", block_size=256, batch_size=16, n_layer=2, n_head=4,
@@ -267,17 +268,17 @@ def main(argv=None):
     ap.add_argument("--examples", type=int, default=None, help="probe sequences per gap, passkey trials per cell")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.py settings for every run")
     ap.add_argument("--report", default=None, metavar="DIR", help="only rewrite DIR's report from DIR/runs.json")
-    ap.error = lambda msg: sys.exit(f"error: {msg} (python experiments/text.py --help lists the options)")
+    ap.error = lambda msg: die(f"{msg} (python experiments/text.py --help lists the options)")
     args = ap.parse_args(argv)
     if args.report:
         for name in ("grid.json", "runs.json"):
             if not os.path.exists(os.path.join(args.report, name)):
-                raise SystemExit(f"error: {args.report} has no {name}; --report takes a folder text.py wrote")
+                die(f"{args.report} has no {name}; --report takes a folder text.py wrote")
         print(report(args.report))
         print(f"wrote {args.report}/results.md and {args.report}/results.png")
         return
     if args.preset not in PRESETS:
-        raise SystemExit(f"error: unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+        die(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[args.preset]
     fixed = ("mask_ratio", "seed", "out_dir", "init_from", "max_iters", "lr_decay_iters")
     settings = apply_set(p["train"], args.set, fixed, "--ratios/--seeds/--out (the stages set max_iters)")
@@ -287,13 +288,13 @@ def main(argv=None):
     examples = p["examples"] if args.examples is None else args.examples
     if not all(0 <= r < 1 for r in ratios) or min(seeds) < 0 or examples < 1 or \
             list(stages) != sorted(set(stages)) or stages[0] < 1:
-        raise SystemExit(f"error: need --ratios in [0, 1), --seeds >= 0, --examples >= 1 and increasing --stages >= 1 "
+        die(f"need --ratios in [0, 1), --seeds >= 0, --examples >= 1 and increasing --stages >= 1 "
                          f"(got {ratios}, {seeds}, {examples} and {stages})")
     data = os.path.join("data", str(settings["dataset"]), "train.bin")
     if not os.path.exists(data):
-        raise SystemExit(f"error: {data} not found; prepare it first: {prepare_command(settings['dataset'])}")
+        die(f"{data} not found; prepare it first: {prepare_command(settings['dataset'])}")
     if not gaps_of(int(settings["block_size"])):
-        raise SystemExit(f"error: block_size {settings['block_size']} is too short for the copying probe "
+        die(f"block_size {settings['block_size']} is too short for the copying probe "
                          f"(at least {probes.LEAD + 2 * SPAN + 16})")
     out = args.out or os.path.join("results", f"text-{args.preset}")
     claim_out(out, {"settings": {k: str(v) for k, v in settings.items()}, "stages": list(stages), "examples": examples})

@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-import configurator
+import checkpoint
 import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +63,7 @@ def run_inprocess(script, *args):
         sys.argv = argv
         os.chdir(cwd)
         signal.signal(signal.SIGINT, handler)  # train.py installs its own Ctrl-C handler
-        configurator.release()  # what atexit would do for a claimed out_dir
+        checkpoint.release()  # what atexit would do for a claimed out_dir
     return code or 0, out.getvalue(), err.getvalue()
 
 

@@ -1,4 +1,4 @@
-"""The batches train.py trains on (tasks.Batches), specified: where MEAP puts [MASK] and where it must
+"""The batches train.py trains on (batches.py, with mask.meap_inputs), specified: where MEAP puts [MASK] and where it must
 not, exact counts, fresh masks at every step, micro-step and process, the official shared scheme,
 the random-token control, text batches, and the fine-tuning layouts. Then train.py itself: its
 first logged loss is the loss on these batches, each micro-step's batch in order, gradient
@@ -14,7 +14,9 @@ import torch
 
 import configurator
 import tasks
+from batches import Batches
 from helpers import ROOT, TINY, run_inprocess, run_script
+from mask import meap_inputs
 from model import GPT, GPTConfig
 
 DEFAULTS = configurator.read_settings(os.path.join(ROOT, "train.py"))
@@ -22,13 +24,20 @@ MASK = tasks.MASK_ID
 
 
 def batches(rank=0, world_size=1, **settings):
-    return tasks.Batches(dict(DEFAULTS, **settings), rank, world_size)
+    return Batches(dict(DEFAULTS, **settings), rank, world_size)
+
+
+def meap(b, x, query, it=0, micro=0):
+    """train.py's MEAP line, for the run whose Batches is b."""
+    c = b.cfg
+    return meap_inputs(x, c["mask_ratio"], b.mask_token_id, c["mask_mode"], exclude=None if c["mask_queries"] else query,
+                       generator=b.mask_generator(it, micro), corruption=c["corruption"], vocab_size=b.mask_token_id)[0]
 
 
 def meap_batch(b, it=0, micro=0):
     """The clean batch and MEAP's input for it, as train.py's loop builds them."""
     x, y, query = b.clean("train", it, micro)
-    return x, y, query, b.meap(x, query, it, micro)
+    return x, y, query, meap(b, x, query, it, micro)
 
 
 def test_defaults_are_the_papers_masking():
@@ -210,7 +219,7 @@ def metrics(out_dir):
 
 
 def test_train_py_loss_is_the_loss_on_meap_inputs_and_the_lr_schedule(tmp_path):
-    """train.py's first logged loss is the model's loss on batches.meap()'s input against the clean
+    """train.py's first logged loss is the model's loss on MEAP's input against the clean
     targets (not on clean inputs, not on masked targets); its logged learning rate warms up
     linearly, peaks, and decays by a cosine to min_lr."""
     args = [*TINY, "--mask_ratio", "0.3", "--max_iters", "12", "--warmup_iters", "4", "--lr_decay_iters", "10",
@@ -221,12 +230,12 @@ def test_train_py_loss_is_the_loss_on_meap_inputs_and_the_lr_schedule(tmp_path):
     cfg = ckpt["config"]
     torch.manual_seed(cfg["seed"])  # train.py's initial weights
     model = GPT(GPTConfig(**ckpt["model_args"]))
-    x, y, query, xm = meap_batch(tasks.Batches(cfg), 0)
+    x, y, query, xm = meap_batch(Batches(cfg), 0)
     with torch.no_grad():
-        meap, clean, on_targets = (model(a, b)[1].item() for a, b in
-                                   ((xm, y), (x, y), (xm, tasks.Batches(cfg).meap(y, query, 0))))
+        masked_targets = meap(Batches(cfg), y, query, 0)
+        on_meap, clean, on_targets = (model(a, b)[1].item() for a, b in ((xm, y), (x, y), (xm, masked_targets)))
     logged = next(r["loss"] for r in rows if r["iter"] == 0 and "loss" in r)
-    assert logged == pytest.approx(meap, abs=1e-5)
+    assert logged == pytest.approx(on_meap, abs=1e-5)
     assert abs(logged - clean) > 1e-3 and abs(logged - on_targets) > 1e-3
 
     lr = {r["iter"]: r["lr"] for r in rows if "lr" in r}
@@ -239,7 +248,7 @@ def test_train_py_loss_is_the_loss_on_meap_inputs_and_the_lr_schedule(tmp_path):
 
 def test_every_micro_step_trains_on_its_own_batch(tmp_path, monkeypatch):
     """train.py draws each batch one micro-step ahead (to overlap with the GPU); the model still
-    sees, at iteration i and micro-step m, exactly batches.meap() of (i, m), in order."""
+    sees, at iteration i and micro-step m, exactly MEAP's input of (i, m), in order."""
     seen, forward = [], GPT.forward
 
     def spy(self, idx, targets=None, kv_cache=None):
@@ -251,12 +260,13 @@ def test_every_micro_step_trains_on_its_own_batch(tmp_path, monkeypatch):
     code, _, err = run_inprocess("train.py", *TINY, "--mask_ratio", "0.3", "--max_iters", "3",
                                  "--gradient_accumulation_steps", "2", "--eval_interval", "3", "--out_dir", str(tmp_path))
     assert code == 0, err
-    b = tasks.Batches(torch.load(tmp_path / "ckpt.pt", weights_only=False)["config"])
+    b = Batches(torch.load(tmp_path / "ckpt.pt", weights_only=False)["config"])
     want = [meap_batch(b, it, micro) for it in range(3) for micro in range(2)]
     assert len(seen) == len(want)
     assert all(torch.equal(x, w[3]) and torch.equal(y, w[1]) for (x, y), w in zip(seen, want))
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_larger_batch(tiny_ckpt, tmp_path):
     """Two micro-steps of 2 examples give the weights of steps of 4 (fine-tuning visits the same
     examples in both, and every answer has the same number of tokens)."""

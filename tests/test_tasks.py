@@ -9,7 +9,7 @@ from helpers import oracle_answers, oracle_model
 @pytest.mark.parametrize("task", tasks.TASKS)
 @pytest.mark.parametrize("T", [32, 64, 129])
 def test_generators_answers_agree_with_a_brute_force_oracle(task, T):
-    b = tasks.get_batch(task, np.random.default_rng(T), 16, T, n_pairs=4, n_needles=3)
+    b = tasks.make_batch(task, np.random.default_rng(T), 16, T, n_pairs=4, n_needles=3)
     assert b.x.shape == b.y.shape == b.query.shape == (16, T)
     assert torch.equal(b.x[:, 1:], b.y[:, :-1])  # y is x shifted by one
     assert (b.x[:, 0] == tasks.BOS).all() and (b.x < tasks.MASK_ID).all() and (b.x >= 0).all()
@@ -115,9 +115,9 @@ def test_filler_follows_the_fixed_bigram_language():
 
 
 def test_generation_is_deterministic_by_seed():
-    a = tasks.get_batch("mix", np.random.default_rng(5), 8, 64)
-    b = tasks.get_batch("mix", np.random.default_rng(5), 8, 64)
-    c = tasks.get_batch("mix", np.random.default_rng(6), 8, 64)
+    a = tasks.make_batch("mix", np.random.default_rng(5), 8, 64)
+    b = tasks.make_batch("mix", np.random.default_rng(5), 8, 64)
+    c = tasks.make_batch("mix", np.random.default_rng(6), 8, 64)
     assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
 
 
@@ -151,7 +151,7 @@ def test_errors_are_clear():
     with pytest.raises(ValueError, match="needles and 1 queries"):
         tasks.needle(np.random.default_rng(0), 2, 10, n_needles=4)
     with pytest.raises(ValueError, match="unknown task"):
-        tasks.get_batch("nope", np.random.default_rng(0), 2, 64)
+        tasks.make_batch("nope", np.random.default_rng(0), 2, 64)
     with pytest.raises(ValueError, match="not in the task vocabulary"):
         tasks.encode("| K3 hello")
     assert tasks.decode(tasks.encode("| K3 7 ba ? K3")) == "| K3 7 ba ? K3"

@@ -56,6 +56,7 @@ def test_ntp_and_meap_differ_only_in_the_inputs(tmp_path):
     assert runs["0"][0][0] != runs["0.3"][0][0]
 
 
+@pytest.mark.slow
 def test_mask_queries_changes_which_inputs_are_masked(tmp_path):
     """By default MEAP masks uniformly, the queries included; --mask_queries false spares them, so
     the same seed and ratio give different masked inputs and a different first loss."""
@@ -81,6 +82,43 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, mode):
     assert all(torch.equal(a[k], b[k]) for k in a)
     p = run_script("train.py", "--init_from", "resume", "--max_iters", "3", "--out_dir", str(tmp_path / "split"), timeout=60)
     assert "final:" in p.stdout  # a run already past max_iters evaluates once and stops
+
+
+@pytest.mark.slow
+def test_a_checkpoint_in_the_earlier_format_resumes_exactly(tmp_path):
+    """Checkpoints written before checkpoint.py saved train.py's own model_args (vocab padded by
+    train.py, no rope_theta) and were read with weights_only=False: they resume bit for bit."""
+    common = [*TINY, "--warmup_iters", "2", "--lr_decay_iters", "6", "--eval_interval", "3"]
+    run_script("train.py", *common, "--max_iters", "6", "--out_dir", str(tmp_path / "full"))
+    run_script("train.py", *common, "--max_iters", "3", "--out_dir", str(tmp_path / "split"))
+    path = tmp_path / "split" / "ckpt.pt"
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["model_args"] = {k: ckpt["model_args"][k] for k in ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd",
+                                                             "vocab_size", "init", "emb_common")}
+    assert ckpt["model_args"]["vocab_size"] == 192  # train.py padded the 163 task ids itself
+    torch.save(ckpt, path)
+    run_script("train.py", "--init_from", "resume", "--max_iters", "6", "--out_dir", str(tmp_path / "split"))
+    assert metrics(tmp_path / "full") == metrics(tmp_path / "split")
+    a, b = (torch.load(tmp_path / run / "ckpt.pt", weights_only=True)["model"] for run in ("full", "split"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fine_tuning_takes_the_defaults_of_settings_a_checkpoint_predates(tiny_ckpt, tmp_path):
+    """A base checkpoint whose config lacks a setting (saved before it existed) was trained with that
+    setting's default, and its fine-tuning takes that default. (An earlier train.py took the string
+    'nanomeap' for every missing key: dataset 'nanomeap', n_kv_head 'nanomeap'.)"""
+    old = tmp_path / "old"
+    old.mkdir()
+    ckpt = torch.load(tiny_ckpt / "ckpt.pt", weights_only=False)
+    for k in ("dataset", "n_kv_head", "init", "emb_common"):
+        del ckpt["config"][k]
+    torch.save(ckpt, old / "ckpt.pt")
+    run_script("train.py", "--init_from", str(old), "--sft", "ntp", "--mask_ratio", "0", "--n_docs", "2",
+               "--answer_len", "2", "--qa_tokens", "16", "--sft_examples", "8", "--max_iters", "2", "--batch_size", "2",
+               "--eval_interval", "2", "--eval_iters", "1", "--eval_examples", "4", "--device", "cpu",
+               "--out_dir", str(tmp_path / "ft"))
+    cfg = torch.load(tmp_path / "ft" / "ckpt.pt", weights_only=True)["config"]
+    assert (cfg["dataset"], cfg["n_kv_head"], cfg["init"], cfg["emb_common"]) == ("synthetic", 2, "nanomeap", 0.0)
 
 
 def test_resume_refuses_a_checkpoint_that_does_not_match(tiny_ckpt, tmp_path):
@@ -118,6 +156,7 @@ def test_sample_prints_decoded_examples(tiny_ckpt):
     assert p.returncode != 0 and p.stderr.startswith("error: not in the task vocabulary: ['hello']")
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     p = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py", *TINY,
                    "--max_iters", "4", "--eval_interval", "4", "--gradient_accumulation_steps", "2",
@@ -165,6 +204,7 @@ def write_char_dataset(folder, n_train=5000, n_val=500, vocab=20, top=None):
         pickle.dump({"vocab_size": vocab, "itos": dict(enumerate(chars)), "stoi": {c: i for i, c in enumerate(chars)}}, f)
 
 
+@pytest.mark.slow
 def test_trains_on_a_nanogpt_format_dataset_and_samples_text(tmp_path):
     write_char_dataset(tmp_path / "chars")
     out = tmp_path / "out"

@@ -38,6 +38,7 @@ import sysconfig
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from configurator import die  # noqa: E402
 from tokenizer import bpe_tokenizer, train_bpe, write_meta, write_split  # noqa: E402
 
 SKIP = ("site-packages", "test", "tests", "idlelib", "idle_test")  # folders left out: vendored code, test suites
@@ -86,19 +87,19 @@ def main(argv=None):
     ap.add_argument("--repeat", type=float, default=0.0, help="share of train.bin's stretches given a copied span")
     ap.add_argument("--repeat_block", type=int, default=64, help="tokens per stretch (a copy stays inside one)")
     ap.add_argument("--repeat_span", default="8,24", help="shortest,longest copied span in tokens")
-    ap.error = lambda msg: sys.exit(f"error: {msg} (--help lists the options)")
+    ap.error = lambda msg: die(f"{msg} (--help lists the options)")
     args = ap.parse_args(argv)
     try:
         span = tuple(int(v) for v in args.repeat_span.split(","))
         if len(span) != 2:
             raise ValueError
     except ValueError:
-        raise SystemExit(f"error: --repeat_span takes two integers, shortest,longest; got {args.repeat_span!r}")
+        die(f"--repeat_span takes two integers, shortest,longest; got {args.repeat_span!r}")
     if args.repeat:  # check the augmentation's settings before the minute of work below
         try:
             add_repeats(np.zeros(0, dtype=np.int64), args.repeat, args.repeat_block, span, np.random.default_rng(0))
         except ValueError as e:
-            raise SystemExit(f"error: {e}")
+            die(f"{e}")
     root = args.root or sysconfig.get_paths()["stdlib"]
     files = stdlib_files(root)
     docs = {"train": [], "val": []}
@@ -109,7 +110,7 @@ def main(argv=None):
         except (OSError, UnicodeDecodeError):  # a stray file that is not UTF-8: not text for us
             continue
     if not docs["train"] or not docs["val"]:
-        raise SystemExit(f"error: {root} holds too few readable .py files to split ({len(files)} found); "
+        die(f"{root} holds too few readable .py files to split ({len(files)} found); "
                          f"give --root a folder of Python source")
     text = {k: SEPARATOR.join(v) for k, v in docs.items()}
     n_chars = sum(map(len, text.values()))
@@ -119,7 +120,7 @@ def main(argv=None):
     try:
         ranks = train_bpe(text["train"], args.vocab_size)
     except ValueError as e:
-        raise SystemExit(f"error: --vocab_size: {e}")
+        die(f"--vocab_size: {e}")
     tok = bpe_tokenizer(ranks)
     print(f"bpe ({tok.vocab_size:,} ids, [MASK] = {tok.mask_id}), trained on the train files")
     ids = {k: np.array(tok.encode(v), dtype=np.int64) for k, v in text.items()}
@@ -135,7 +136,7 @@ def main(argv=None):
         write_meta(args.out_dir, tok, bpe_ranks=ranks, python=platform.python_version(),
                    repeat=[args.repeat, args.repeat_block, *span] if args.repeat else None)
     except OSError as e:
-        raise SystemExit(f"error: cannot write to --out_dir {args.out_dir} ({e.strerror or type(e).__name__})")
+        die(f"cannot write to --out_dir {args.out_dir} ({e.strerror or type(e).__name__})")
     print(f"train.bin {len(ids['train']):,} tokens, val.bin {len(ids['val']):,} tokens, meta.pkl -> {args.out_dir}")
 
 

@@ -5,6 +5,7 @@ import pytest
 from helpers import ROOT, run_script
 
 
+@pytest.mark.slow
 def test_bench_prints_a_row_per_config_and_marks_what_it_cannot_measure(tmp_path):
     out = tmp_path / "bench" / "cpu.md"
     p = run_script("bench.py", "--configs", "default,gpt2", "--seconds", "0.2", "--steps", "1", "--warmup", "1",

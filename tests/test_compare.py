@@ -44,6 +44,7 @@ def test_suite_scores_an_oracle_1_everywhere():
     assert all(v == 1.0 for v in accs.values()), accs
 
 
+@pytest.mark.slow
 def test_filler_loss_of_the_true_bigram_model_sits_on_the_entropy_floor():
     ring_pos = {int(tasks.FILLER[w]): s for s, w in enumerate(tasks.RING)}  # token -> ring position
 
@@ -201,7 +202,8 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert p.returncode != 0 and "holds runs trained with other settings" in p.stderr
 
 
-@pytest.mark.parametrize("preset", sorted(compare.PRESETS))
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p == "gpu" else p
+                                    for p in sorted(compare.PRESETS)])
 def test_every_preset_makes_valid_evaluation_settings(preset):
     cfg = compare.PRESETS[preset]["train"]
     res = compare.suite(oracle_model, cfg, n_examples=2)

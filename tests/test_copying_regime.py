@@ -81,6 +81,7 @@ def test_add_repeats_copies_inside_its_stretch_and_nowhere_else():
             prep.add_repeats(ids, share, 100, span, np.random.default_rng(0))
 
 
+@pytest.mark.slow
 def test_stdlib_prepare_on_a_folder_of_source(tmp_path):
     root = tmp_path / "src"
     for i in range(40):  # 40 files, a few in folders the corpus leaves out
@@ -140,6 +141,7 @@ def test_emb_common_adds_one_vector_to_every_embedding_and_changes_nothing_at_ze
         GPT(GPTConfig(**cfg, emb_common=-1.0))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_before_emb_common_resumes_and_fine_tunes(tiny_ckpt, tmp_path):
     from helpers import TINY
     old = tmp_path / "old"

@@ -215,6 +215,7 @@ def test_bench_py_checks_its_out_folder_before_timing(paths):
     assert out == "" and checksums(paths["TMP"]) == before
 
 
+@pytest.mark.slow
 def test_torchrun_says_a_bad_setting_once(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

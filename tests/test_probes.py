@@ -113,6 +113,7 @@ def test_bpe_passwords_are_words_of_the_text():
     assert set(words) <= {"winter", "discontent", "glorious", "summer"}
 
 
+@pytest.mark.slow
 def test_the_cli_probes_a_text_run_and_refuses_what_it_cannot_probe_in_one_line(tiny_ckpt, tmp_path):
     out = tiny_text_run(tmp_path, "To be, or not to be, that is the question. " * 300, 96, 2)
     code, stdout, _ = run_inprocess("experiments/probes.py", "--out_dir", str(out), "--examples", "4", "--device", "cpu")

@@ -94,7 +94,8 @@ SFT = ["--n_docs", "2", "--answer_len", "2", "--qa_tokens", "16", "--sft_example
        "--eval_examples", "4", "--eval_iters", "1", "--log_interval", "1", "--warmup_iters", "1"]
 
 
-@pytest.mark.parametrize("layout,ratio", [("ntp", "0"), ("concat", "0.5"), ("separate", "0.5")])
+@pytest.mark.parametrize("layout,ratio", [("ntp", "0"), pytest.param("concat", "0.5", marks=pytest.mark.slow),
+                                          pytest.param("separate", "0.5", marks=pytest.mark.slow)])
 def test_sft_from_a_checkpoint_logs_accuracy_by_gold_position(tiny_ckpt, tmp_path, layout, ratio):
     p = run_script("train.py", "--init_from", str(tiny_ckpt), "--sft", layout, "--mask_ratio", ratio, *SFT,
                    "--max_iters", "4", "--eval_interval", "2", "--out_dir", str(tmp_path))
@@ -109,6 +110,7 @@ def test_sft_from_a_checkpoint_logs_accuracy_by_gold_position(tiny_ckpt, tmp_pat
     assert ckpt["config"]["sft"] == layout and ckpt["config"]["init_from"] == str(tiny_ckpt)
 
 
+@pytest.mark.slow
 def test_sft_layouts_start_from_the_same_base_and_differ_in_the_batch(tiny_ckpt, tmp_path):
     """Step 0 evaluates the base itself, identically for every layout (clean held-out answers);
     the first training loss differs because the batches differ."""

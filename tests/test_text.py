@@ -85,6 +85,7 @@ def test_prepare_script_on_a_local_file(tmp_path, name, script):
     assert sorted(os.listdir(out)) == ["meta.pkl", "train.bin", "val.bin"]  # no temporary files left
 
 
+@pytest.mark.slow
 def test_prepare_errors_are_one_line(tmp_path):
     for args, msg in [(["--input", str(tmp_path / "missing.txt")], "cannot read --input"),
                       (["--input", __file__, "--val_fraction", "1.5"], "--val_fraction must be in (0, 1)"),

@@ -144,7 +144,7 @@ def bench(name, cfg):
             f"{'-' if mfu is None else f'{mfu * 100:.1f}%'} |")
 
 
-# --reference: the same shapes through another model.py (the two: train.py's default, and 4 layers
+# --reference: the same shapes through another model.py (two: train.py's default, and 4 layers
 # on 256 tokens), forward and backward only, so that the comparison is of the models alone
 SHAPES = {"default": CONFIGS["default"], "4x128, 256 tokens": dict(n_layer=4, n_head=4, n_embd=128, block_size=256,
                                                                    batch_size=12)}

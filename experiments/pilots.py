@@ -51,7 +51,7 @@ PILOTS = {  # name: (what it tests, train.py settings over BASE)
     "common-dense-lr3e-3": ("emb_common, learning rate 3e-3, a copied 8-24 token span in every 64-token stretch",
                             dict(dataset="stdlib_dense", emb_common=1.0, learning_rate=3e-3, min_lr=3e-4)),
 }
-PASS = 0.5  # the line: the 2nd copy of a random span at 0.5 or more, the 1st at chance
+PASS = 0.5  # copying has formed when the 2nd copy of a random span reaches this, the 1st at chance
 
 
 def gaps_of(T):

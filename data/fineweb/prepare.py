@@ -24,6 +24,8 @@ from multiprocessing import Pool
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from checkpoint import write_atomically  # noqa: E402
+from configurator import die  # noqa: E402
 from tokenizer import get_tokenizer, write_meta  # noqa: E402
 
 EOT = 50256  # GPT-2's <|endoftext|>
@@ -56,16 +58,16 @@ def main():
     ap.add_argument("--subset", default="sample-10BT", help="its configuration name")
     ap.add_argument("--out_dir", default=os.path.relpath(os.path.dirname(os.path.abspath(__file__))))
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    ap.error = lambda msg: sys.exit(f"error: {msg} (--help lists the options)")
+    ap.error = lambda msg: die(f"{msg} (--help lists the options)")
     args = ap.parse_args()
     try:
         from datasets import load_dataset
     except ImportError:
-        sys.exit("error: data/fineweb/prepare.py streams through HuggingFace datasets: pip install datasets")
+        die("data/fineweb/prepare.py streams through HuggingFace datasets: pip install datasets")
     try:
         tok = get_tokenizer("gpt2")
     except ValueError as e:
-        sys.exit(f"error: {e}")
+        die(e)
     stream = load_dataset(args.source, name=args.subset, split="train", streaming=True)
     os.makedirs(args.out_dir, exist_ok=True)
     goals = [("val", int(args.val_tokens)), ("train", int(args.tokens))]
@@ -73,23 +75,26 @@ def main():
     with Pool(args.workers) as pool:
         docs = documents(pool, (row["text"] for row in stream))
         carry = np.zeros(0, dtype=np.uint16)  # tokens past the end of the previous file
-        for split, goal in goals:
-            path = os.path.join(args.out_dir, f"{split}.bin")
+
+        def write(tmp, split, goal):
+            nonlocal carry
             written = 0
-            with open(path + ".tmp", "wb") as f:
+            with open(tmp, "wb") as f:
                 while written < goal:
                     if len(carry) == 0:
                         try:
                             carry = next(docs)
                         except StopIteration:
-                            sys.exit(f"error: {args.source} ended after {written:,} {split} tokens; ask for fewer --tokens")
+                            die(f"{args.source} ended after {written:,} {split} tokens; ask for fewer --tokens")
                     take, carry = carry[:goal - written], carry[goal - written:]
                     take.tofile(f)
                     written += len(take)
                     if written % 100_000_000 < len(take):
                         rate = written / (time.time() - t0)
                         print(f"{split}: {written:,} / {goal:,} tokens | {rate / 1e6:.2f}M tokens/s", flush=True)
-            os.replace(path + ".tmp", path)
+
+        for split, goal in goals:
+            write_atomically(os.path.join(args.out_dir, f"{split}.bin"), lambda tmp: write(tmp, split, goal))
     write_meta(args.out_dir, tok)
     print(f"val.bin {goals[0][1]:,} tokens, train.bin {goals[1][1]:,} tokens, meta.pkl -> {args.out_dir}")
 

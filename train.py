@@ -130,6 +130,9 @@ if init_from == "resume":  # continue the run in out_dir, with the settings save
     start_path = ckpt_path
 elif init_from != "scratch":  # fine-tune: the weights and the model's shape from a checkpoint
     start_path = init_from if init_from.endswith(".pt") else os.path.join(init_from, "ckpt.pt")
+    if os.path.exists(os.path.join(init_from, "config.json")) and not os.path.exists(start_path):
+        die(f"--init_from {init_from} is a Hugging Face folder: bring it back first with "
+            f"python export.py --from {init_from} --to NEW_FOLDER, then --init_from NEW_FOLDER")
     if not os.path.exists(start_path):
         die(f"--init_from {init_from}: no checkpoint there (give a ckpt.pt, its folder, 'scratch' or 'resume')")
     if os.path.abspath(os.path.dirname(start_path)) == os.path.abspath(out_dir):

@@ -1,0 +1,288 @@
+"""
+Take a trained model to Hugging Face transformers, and bring it back.
+
+    pip install transformers safetensors           # the one extra install (not in requirements.txt)
+    python export.py --out_dir out --to out/hf     # a folder LlamaForCausalLM.from_pretrained loads
+    python export.py --from out/hf --to out-back   # back: out-back/ckpt.pt, for train.py --init_from
+
+nanoMEAP's block is LLaMA's (RMSNorm, SwiGLU, RoPE in the rotate-half layout, grouped-query
+attention, no biases, an untied head), so the weights map one to one onto LlamaForCausalLM; the one
+reshaping is our fused key-value projection, split into Llama's k_proj and v_proj (keys first).
+The export writes config.json, model.safetensors (fp32) and generation_config.json (greedy, and
+[MASK] and the vocabulary padding suppressed, as sample.py does), and the tokenizer where one exists:
+- GPT-2 BPE, a BPE trained on the dataset, or bytes: a fast tokenizer (tokenizer.json) converted
+  from the tiktoken ranks, with [MASK] as an added special token at the checkpoint's id;
+- the synthetic tasks: a word-level tokenizer over the task vocabulary (tasks.ITOS, split on spaces);
+- nanoGPT's characters: vocab.json, the id of each character (tokenize with it yourself).
+config.json also keeps the checkpoint's train.py settings, meta and [MASK] id (under "nanomeap"),
+so that the import restores them: the round trip is bit-exact. Only folders this script exported
+can come back; the folder is written as NAME.tmp and renamed when complete.
+"""
+
+import argparse
+import base64
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import torch
+
+import checkpoint
+import tasks
+import tokenizer
+from configurator import die
+from model import GPTConfig
+
+INSTALL = "pip install transformers safetensors"
+
+
+def require_transformers():
+    """transformers and safetensors, or a one-line exit naming the install."""
+    try:
+        import safetensors  # noqa: F401
+        import transformers
+    except ImportError:
+        die(f"export.py needs Hugging Face transformers and safetensors: {INSTALL}")
+    transformers.utils.logging.disable_progress_bar()  # one line of output per export, not a bar per file
+    return transformers
+
+
+# -----------------------------------------------------------------------------
+# weights: our state_dict <-> LlamaForCausalLM's
+
+def to_llama(sd, cfg):
+    """Our state_dict as LlamaForCausalLM's: the same tensors, renamed, kv_proj split in two."""
+    kv = cfg.n_kv_head * (cfg.n_embd // cfg.n_head)  # rows of k_proj (and of v_proj)
+    out = {"model.embed_tokens.weight": sd["tok_emb.weight"], "model.norm.weight": sd["norm.weight"],
+           "lm_head.weight": sd["lm_head.weight"]}
+    for i in range(cfg.n_layer):
+        ours, hf = f"blocks.{i}.", f"model.layers.{i}."
+        k, v = sd[ours + "attn.kv_proj.weight"].split(kv)  # (2 kv, C): the keys' rows, then the values'
+        out.update({hf + "input_layernorm.weight": sd[ours + "attn_norm.weight"],
+                    hf + "self_attn.q_proj.weight": sd[ours + "attn.q_proj.weight"],
+                    hf + "self_attn.k_proj.weight": k, hf + "self_attn.v_proj.weight": v,
+                    hf + "self_attn.o_proj.weight": sd[ours + "attn.o_proj.weight"],
+                    hf + "post_attention_layernorm.weight": sd[ours + "mlp_norm.weight"]})
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            out[hf + f"mlp.{name}.weight"] = sd[ours + f"mlp.{name}.weight"]
+    return {k: t.detach().clone().contiguous() for k, t in out.items()}  # safetensors wants no shared storage
+
+
+def from_llama(sd, cfg):
+    """LlamaForCausalLM's state_dict as ours (the inverse of to_llama)."""
+    out = {"tok_emb.weight": sd["model.embed_tokens.weight"], "norm.weight": sd["model.norm.weight"],
+           "lm_head.weight": sd["lm_head.weight"]}
+    for i in range(cfg.n_layer):
+        ours, hf = f"blocks.{i}.", f"model.layers.{i}."
+        out.update({ours + "attn_norm.weight": sd[hf + "input_layernorm.weight"],
+                    ours + "attn.q_proj.weight": sd[hf + "self_attn.q_proj.weight"],
+                    ours + "attn.kv_proj.weight": torch.cat([sd[hf + "self_attn.k_proj.weight"],
+                                                             sd[hf + "self_attn.v_proj.weight"]]),
+                    ours + "attn.o_proj.weight": sd[hf + "self_attn.o_proj.weight"],
+                    ours + "mlp_norm.weight": sd[hf + "post_attention_layernorm.weight"]})
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            out[ours + f"mlp.{name}.weight"] = sd[hf + f"mlp.{name}.weight"]
+    return {k: t.detach().clone().contiguous() for k, t in out.items()}
+
+
+def llama_config(cfg, mlp_width, mask_token_id, extra):
+    """The LlamaConfig of our GPTConfig; extra (JSON-able) is kept in it under "nanomeap"."""
+    from transformers import LlamaConfig
+    return LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=mlp_width,
+        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
+        head_dim=cfg.n_embd // cfg.n_head, hidden_act="silu", max_position_embeddings=cfg.block_size,
+        rms_norm_eps=1e-6, rope_theta=cfg.rope_theta, tie_word_embeddings=False, attention_bias=False,
+        mlp_bias=False, bos_token_id=None, eos_token_id=None, pad_token_id=None, torch_dtype="float32",
+        architectures=["LlamaForCausalLM"], nanomeap=dict(extra, mask_token_id=mask_token_id))
+
+
+# -----------------------------------------------------------------------------
+# the tokenizer beside the weights
+
+def ranks_of(meta):
+    """(ranks {token bytes: id}, the split pattern, special tokens in id order after the ranks) of a
+    byte-level checkpoint's tokenizer, or None for the others."""
+    if meta.get("tokenizer") == "bpe":
+        return meta["bpe_ranks"], tokenizer.GPT2_PATTERN, []
+    if meta.get("tokenizer") == "byte":
+        return {bytes([i]): i for i in range(256)}, tokenizer.GPT2_PATTERN, []
+    if meta.get("kind") == "gpt2" or meta.get("tokenizer") == "gpt2":
+        import tiktoken
+        enc = tiktoken.get_encoding("r50k_base")
+        return enc._mergeable_ranks, enc._pat_str, ["<|endoftext|>"]  # 50256
+    return None
+
+
+def hf_tokenizer(meta, mask_token_id):
+    """A transformers fast tokenizer for a checkpoint's meta, [MASK] at mask_token_id; None where
+    there is no such tokenizer (nanoGPT's characters: see char_vocab)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+    if meta.get("kind") == "synthetic":
+        vocab = {word: i for i, word in enumerate(tasks.ITOS)}  # [MASK] included, at tasks.MASK_ID
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="[MASK]"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return PreTrainedTokenizerFast(tokenizer_object=tok, mask_token="[MASK]")
+    found = ranks_of(meta)
+    if found is None:
+        return None
+    ranks, pattern, specials = found
+    with tempfile.TemporaryDirectory() as d:  # the converter reads tiktoken's file format
+        path = os.path.join(d, "ranks.tiktoken")
+        with open(path, "w") as f:
+            f.writelines(f"{base64.b64encode(t).decode()} {r}\n" for t, r in sorted(ranks.items(), key=lambda kv: kv[1]))
+        tok = TikTokenConverter(vocab_file=path, pattern=pattern,
+                                extra_special_tokens=specials + [tokenizer.MASK_TEXT]).converted()
+    if tok.token_to_id(tokenizer.MASK_TEXT) != mask_token_id:
+        die(f"the converted tokenizer puts [MASK] at {tok.token_to_id(tokenizer.MASK_TEXT)}, not at the "
+            f"checkpoint's {mask_token_id}")
+    eos = {"eos_token": specials[0]} if specials else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, mask_token=tokenizer.MASK_TEXT, **eos)
+
+
+def meta_to_json(meta):
+    """meta (train.py's) as JSON: a trained BPE's ranks as base64 bytes."""
+    out = dict(meta)
+    if "bpe_ranks" in out:
+        out["bpe_ranks"] = {base64.b64encode(t).decode(): r for t, r in out["bpe_ranks"].items()}
+    return out
+
+
+def meta_from_json(meta):
+    out = dict(meta)
+    if "bpe_ranks" in out:
+        out["bpe_ranks"] = {base64.b64decode(t): r for t, r in out["bpe_ranks"].items()}
+    if "itos" in out:  # JSON keys are strings
+        out["itos"] = {int(i): c for i, c in out["itos"].items()}
+    return out
+
+
+# -----------------------------------------------------------------------------
+# the two directions
+
+def refuse_existing(path):
+    if os.path.exists(path):
+        die(f"--to {path} already exists; give a new folder (nothing is overwritten)")
+
+
+def fresh_folder(path):
+    """An empty temporary folder beside path, renamed to path once complete."""
+    tmp = path.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted export
+    try:
+        os.makedirs(tmp)
+    except OSError as e:
+        die(f"cannot write to --to {path} ({e.strerror})")
+    return tmp
+
+
+def export(src, dst):
+    """Write the checkpoint at src (a ckpt.pt or its folder) as a transformers folder at dst."""
+    require_transformers()
+    from transformers import GenerationConfig, LlamaForCausalLM
+    refuse_existing(dst)
+    try:
+        ckpt = checkpoint.load_checkpoint(src)
+        cfg = GPTConfig(**ckpt["model_args"])
+    except (TypeError, ValueError) as e:
+        die(e)
+    mask_id, meta = ckpt["mask_token_id"], ckpt.get("meta", {})
+    extra = {"config": ckpt["config"], "meta": meta_to_json(meta), "iter_num": ckpt.get("iter_num", 0)}
+    tmp = fresh_folder(dst)
+    try:
+        with torch.device("meta"):  # the weights come next: no random init to throw away
+            mlp_width = ckpt["model"]["blocks.0.mlp.gate_proj.weight"].shape[0]  # model.MLP's ~8/3 n_embd
+            hf = LlamaForCausalLM(llama_config(cfg, mlp_width, mask_id, extra))
+        hf.load_state_dict(to_llama(ckpt["model"], cfg), assign=True)
+        hf.save_pretrained(tmp, safe_serialization=True)
+        # greedy, and never [MASK] or the vocabulary padding: what sample.py --temperature 0 draws
+        GenerationConfig(do_sample=False, suppress_tokens=list(range(mask_id, cfg.vocab_size))).save_pretrained(tmp)
+        tok = hf_tokenizer(meta, mask_id)
+        if tok is not None:
+            tok.save_pretrained(tmp)
+        elif "stoi" in meta:  # nanoGPT's characters: the mapping itself
+            with open(os.path.join(tmp, "vocab.json"), "w") as f:
+                json.dump(meta["stoi"], f, ensure_ascii=False)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def import_hf(src, dst):
+    """Write the transformers folder at src (from export()) as a train.py checkpoint in dst."""
+    require_transformers()
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+    refuse_existing(dst)
+    if not os.path.isfile(os.path.join(src, "config.json")):
+        die(f"--from {src}: no config.json there (give a folder written by export.py)")
+    try:
+        c = AutoConfig.from_pretrained(src)
+    except Exception as e:  # transformers' own errors for a malformed config.json
+        die(f"--from {src}: cannot read config.json ({type(e).__name__}: {str(e).splitlines()[0][:80]})")
+    if c.model_type != "llama":
+        die(f"--from {src} holds a {c.model_type!r} model; export.py brings back Llama models only")
+    extra = getattr(c, "nanomeap", None)
+    if not extra:
+        die(f"--from {src} was not written by export.py (config.json has no nanomeap settings); "
+            f"only nanoMEAP's own exports can come back")
+    theta = (getattr(c, "rope_parameters", None) or {}).get("rope_theta", getattr(c, "rope_theta", 10000.0))
+    unsupported = [name for name, bad in (
+        ("attention_bias", c.attention_bias), ("mlp_bias", c.mlp_bias), ("tied embeddings", c.tie_word_embeddings),
+        ("hidden_act " + str(c.hidden_act), c.hidden_act != "silu"), ("rms_norm_eps " + str(c.rms_norm_eps), c.rms_norm_eps != 1e-6),
+        ("head_dim " + str(c.head_dim), c.head_dim * c.num_attention_heads != c.hidden_size)) if bad]
+    if unsupported:
+        die(f"--from {src}: {', '.join(unsupported)} do not fit model.py")
+    cfg = GPTConfig(block_size=c.max_position_embeddings, vocab_size=c.vocab_size, n_layer=c.num_hidden_layers,
+                    n_head=c.num_attention_heads, n_kv_head=c.num_key_value_heads, n_embd=c.hidden_size,
+                    rope_theta=float(theta), init=extra["config"].get("init", "nanomeap"),
+                    emb_common=extra["config"].get("emb_common", 0.0))
+    weights = os.path.join(src, "model.safetensors")
+    if not os.path.isfile(weights):
+        die(f"--from {src}: no model.safetensors there")
+    try:
+        sd = from_llama(load_file(weights), cfg)
+    except KeyError as e:
+        die(f"--from {src}: model.safetensors lacks {e}")
+    model_args = dataclasses.asdict(cfg)
+    try:
+        checkpoint.model_of({"model_args": model_args, "model": sd})  # the shapes fit model.py
+    except ValueError as e:
+        die(f"--from {src}: {e}")
+    tmp = fresh_folder(dst)
+    try:
+        checkpoint.save_checkpoint({"model": sd, "model_args": model_args, "config": extra["config"],
+                                    "meta": meta_from_json(extra["meta"]), "mask_token_id": extra["mask_token_id"],
+                                    "iter_num": extra.get("iter_num", 0)}, os.path.join(tmp, "ckpt.pt"))
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="A train.py checkpoint to a transformers LlamaForCausalLM folder, "
+                                             "and back (see the docstring).")
+    ap.add_argument("--out_dir", default=None, help="export: the run folder (or its ckpt.pt) to export")
+    ap.add_argument("--from", dest="source", default=None, help="import: a folder export.py wrote")
+    ap.add_argument("--to", required=True, help="the folder to write (must not exist)")
+    ap.error = lambda msg: die(f"{msg} (python export.py --help lists the options)")
+    args = ap.parse_args(argv)
+    if (args.out_dir is None) == (args.source is None):
+        die("give --out_dir (export a checkpoint) or --from (import an export), not both")
+    if args.out_dir is not None:
+        print(f"wrote {export(args.out_dir, args.to)}: LlamaForCausalLM.from_pretrained({args.to!r}) loads it")
+    else:
+        print(f"wrote {import_hf(args.source, args.to)}/ckpt.pt: train.py --init_from {args.to} fine-tunes it")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

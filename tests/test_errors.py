@@ -215,6 +215,15 @@ def test_bench_py_checks_its_out_folder_before_timing(paths):
     assert out == "" and checksums(paths["TMP"]) == before
 
 
+def test_export_py_without_transformers_names_the_install(paths, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed: importing it fails
+    before = checksums(paths["TMP"])
+    code, out, err = run_inprocess("export.py", "--out_dir", paths["RUN"], "--to", os.path.join(paths["TMP"], "hf"))
+    expect_one_line(code, err, "export.py needs Hugging Face transformers and safetensors: "
+                               "pip install transformers safetensors")
+    assert out == "" and checksums(paths["TMP"]) == before
+
+
 @pytest.mark.slow
 def test_torchrun_says_a_bad_setting_once(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")

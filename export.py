@@ -166,13 +166,14 @@ def meta_from_json(meta):
 # the two directions
 
 def refuse_existing(path):
+    """One line and an exit if path exists: an export never overwrites."""
     if os.path.exists(path):
         die(f"--to {path} already exists; give a new folder (nothing is overwritten)")
 
 
 def fresh_folder(path):
     """An empty temporary folder beside path, renamed to path once complete."""
-    tmp = path.rstrip("/") + ".tmp"
+    tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted export
     try:
         os.makedirs(tmp)
@@ -185,6 +186,7 @@ def export(src, dst):
     """Write the checkpoint at src (a ckpt.pt or its folder) as a transformers folder at dst."""
     require_transformers()
     from transformers import GenerationConfig, LlamaForCausalLM
+    dst = os.path.normpath(dst)  # "out/hf/" and "out/hf" are one folder
     refuse_existing(dst)
     try:
         ckpt = checkpoint.load_checkpoint(src)
@@ -220,6 +222,7 @@ def import_hf(src, dst):
     require_transformers()
     from safetensors.torch import load_file
     from transformers import AutoConfig
+    dst = os.path.normpath(dst)
     refuse_existing(dst)
     if not os.path.isfile(os.path.join(src, "config.json")):
         die(f"--from {src}: no config.json there (give a folder written by export.py)")

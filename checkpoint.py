@@ -39,14 +39,17 @@ except ImportError:  # Windows
 
 
 def write_atomically(path, write):
-    """Call write(tmp) to write the file at tmp, then rename tmp to path: a reader (or a run killed
-    half-way) sees the old file or the new one, never half of one. A failed write leaves no tmp."""
-    tmp = path + ".tmp"
+    """Call write(tmp) to write the file (or folder) at tmp, then rename tmp to path: a reader (or a
+    run killed half-way) sees the old one or the new one, never half of one. A failed write leaves
+    no tmp."""
+    tmp = os.path.normpath(path) + ".tmp"
     try:
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+        elif os.path.exists(tmp):
             os.remove(tmp)
         raise
 

@@ -112,7 +112,14 @@ def ranks_of(meta):
         return {bytes([i]): i for i in range(256)}, tokenizer.GPT2_PATTERN, []
     if meta.get("kind") == "gpt2" or meta.get("tokenizer") == "gpt2":
         import tiktoken
-        enc = tiktoken.get_encoding("r50k_base")
+        try:
+            enc = tiktoken.get_encoding("r50k_base")
+        except Exception:  # offline, with no cached copy: tokenizer.py's one-line reason
+            try:
+                tokenizer.get_tokenizer("gpt2")
+            except ValueError as e:
+                die(e)
+            raise
         return enc._mergeable_ranks, enc._pat_str, ["<|endoftext|>"]  # 50256
     return None
 
@@ -171,15 +178,13 @@ def refuse_existing(path):
         die(f"--to {path} already exists; give a new folder (nothing is overwritten)")
 
 
-def fresh_folder(path):
-    """An empty temporary folder beside path, renamed to path once complete."""
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted export
+def new_folder(tmp):
+    """Create the empty folder tmp, first removing one an interrupted export left there."""
+    shutil.rmtree(tmp, ignore_errors=True)
     try:
         os.makedirs(tmp)
     except OSError as e:
-        die(f"cannot write to --to {path} ({e.strerror})")
-    return tmp
+        die(f"cannot write to --to {tmp[:-len('.tmp')]} ({e.strerror})")
 
 
 def export(src, dst):
@@ -195,10 +200,11 @@ def export(src, dst):
         die(e)
     mask_id, meta = ckpt["mask_token_id"], ckpt.get("meta", {})
     extra = {"config": ckpt["config"], "meta": meta_to_json(meta), "iter_num": ckpt.get("iter_num", 0)}
-    tmp = fresh_folder(dst)
-    try:
+    mlp_width = ckpt["model"]["blocks.0.mlp.gate_proj.weight"].shape[0]  # model.MLP's ~8/3 n_embd
+
+    def write(tmp):
+        new_folder(tmp)
         with torch.device("meta"):  # the weights come next: no random init to throw away
-            mlp_width = ckpt["model"]["blocks.0.mlp.gate_proj.weight"].shape[0]  # model.MLP's ~8/3 n_embd
             hf = LlamaForCausalLM(llama_config(cfg, mlp_width, mask_id, extra))
         hf.load_state_dict(to_llama(ckpt["model"], cfg), assign=True)
         hf.save_pretrained(tmp, safe_serialization=True)
@@ -210,10 +216,8 @@ def export(src, dst):
         elif "stoi" in meta:  # nanoGPT's characters: the mapping itself
             with open(os.path.join(tmp, "vocab.json"), "w") as f:
                 json.dump(meta["stoi"], f, ensure_ascii=False)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    checkpoint.write_atomically(dst, write)  # written as DST.tmp, renamed when complete
     return dst
 
 
@@ -259,15 +263,14 @@ def import_hf(src, dst):
         checkpoint.model_of({"model_args": model_args, "model": sd})  # the shapes fit model.py
     except ValueError as e:
         die(f"--from {src}: {e}")
-    tmp = fresh_folder(dst)
-    try:
-        checkpoint.save_checkpoint({"model": sd, "model_args": model_args, "config": extra["config"],
-                                    "meta": meta_from_json(extra["meta"]), "mask_token_id": extra["mask_token_id"],
-                                    "iter_num": extra.get("iter_num", 0)}, os.path.join(tmp, "ckpt.pt"))
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    ckpt = {"model": sd, "model_args": model_args, "config": extra["config"], "meta": meta_from_json(extra["meta"]),
+            "mask_token_id": extra["mask_token_id"], "iter_num": extra.get("iter_num", 0)}
+
+    def write(tmp):
+        new_folder(tmp)
+        checkpoint.save_checkpoint(ckpt, os.path.join(tmp, "ckpt.pt"))
+
+    checkpoint.write_atomically(dst, write)
     return dst
 
 

@@ -8,22 +8,26 @@ and the experiments all go through here):
 - load_checkpoint(path): a train.py checkpoint (a ckpt.pt, or the folder holding one), or
   ValueError with one line saying what is wrong.
 - load_model(path): the model of a checkpoint, in eval mode, with its settings and its step;
-  model_of(ckpt) builds it from a checkpoint already loaded.
-- write_atomically(path, write): any file, through a temporary one and a rename.
+  model_of(ckpt) builds it from a checkpoint already loaded; check_whole(ckpt) also checks its
+  weights are finite and its tokenizer's meta and [MASK] id fit.
+- write_atomically(path, write): any file (or folder), through a temporary one of this process's
+  own and a rename (write_all_atomically: several files, all renamed at the end);
+  clear_stale_temps(folder) removes the temporaries that killed processes left.
 - truncate_log(path, before): a resumed run's metrics.jsonl, cut back to its checkpoint.
 - check_writable(folder): fail before the work, not after it.
 - claim(folder), or claim_or_die(folder, flag) in a script: one run per folder. Creates the folder, locks it for this process (released at
   exit; a second run is refused while the first lives, and a lock left by a killed run is taken
-  over with a note), and removes half-written *.tmp files that a killed run left behind.
+  over with a note), and removes the temporaries that killed processes left in it.
 The lock is an fcntl lock on folder/lock (Linux, macOS), which holds the owner's pid: the kernel
 drops the lock when its process dies, however it dies, so a lock file is stale exactly when nobody
 holds it, and a clean exit removes the file. Without fcntl (Windows) folders are not locked.
 """
 
 import atexit
-import glob
 import json
 import os
+import re
+import shlex
 import shutil
 import tempfile
 
@@ -38,24 +42,123 @@ except ImportError:  # Windows
     fcntl = None
 
 
-def write_atomically(path, write):
-    """Call write(tmp) to write the file (or folder) at tmp, then rename tmp to path: a reader (or a
-    run killed half-way) sees the old one or the new one, never half of one. A failed write leaves
-    no tmp."""
-    tmp = os.path.normpath(path) + ".tmp"
+# Temporary files and folders are named `.NAME.PID.RANDOM.nanomeap-tmp` beside NAME: created
+# exclusively (mkstemp, mkdtemp), so never a file a user already has; removed only by the process
+# that made them, or, once that process (PID) is dead, by the next write to NAME or claim of the folder.
+TMP_SUFFIX = ".nanomeap-tmp"
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}" + re.escape(TMP_SUFFIX) + "$")
+
+
+def is_temp(name):
+    """Whether a file name is one of our temporaries (see TMP_SUFFIX)."""
+    return bool(_TMP.match(os.path.basename(name)))
+
+
+def _alive(pid):
+    if os.name == "nt":  # os.kill(pid, 0) would end the process on Windows: never call a temp stale there
+        return True
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, and belongs to someone else
+        return True
+    return True
+
+
+def clear_stale_temps(folder, name=None):
+    """Remove the temporaries (ours only, see TMP_SUFFIX) that killed processes left in folder,
+    those for NAME alone when name is given. Returns how many were removed; never raises."""
+    removed = 0
+    try:
+        entries = os.listdir(folder or ".")
+    except OSError:
+        return 0
+    for entry in entries:
+        m = _TMP.match(entry)
+        if not m or (name is not None and m["name"] != name) or _alive(int(m["pid"])):
+            continue
+        path = os.path.join(folder, entry)
+        try:
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _default_mode(folder):
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
+
+
+def _new_temp(path, folder):
+    """A new, empty temporary file (or folder) of this process's own beside path; its name."""
+    where, name = os.path.split(path)
+    clear_stale_temps(where, name)
+    prefix = f".{name}.{os.getpid()}."
+    if folder:
+        return tempfile.mkdtemp(prefix=prefix, suffix=TMP_SUFFIX, dir=where)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=TMP_SUFFIX, dir=where)
+    os.close(fd)
+    return tmp
+
+
+def _discard(tmp):
+    if os.path.isdir(tmp) and not os.path.islink(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+    elif os.path.lexists(tmp):
+        os.remove(tmp)
+
+
+def write_atomically(path, write, folder=False):
+    """Call write(tmp) to fill a new temporary file (or, with folder=True, an empty folder) beside
+    path, then rename it to path: a reader, or a run killed half-way, sees the old one or the new
+    one, never half of one. The temporary is this process's own (see TMP_SUFFIX): it is removed if
+    the write fails, and nothing else is ever removed. A folder is never put over an existing path
+    (FileExistsError); a file replaces the one at path. The result has the usual permissions."""
+    write_all_atomically({path: write}, folder)
+
+
+def write_all_atomically(writes, folder=False):
+    """write_atomically for several paths at once ({path: write}): every one is written to its
+    temporary first, and only then are they renamed, so a failure (or Ctrl-C) while writing leaves
+    all of them as they were: a dataset's files are never half old and half new."""
+    temps = {}
+    try:
+        for path, write in writes.items():
+            path = os.path.abspath(path)
+            temps[path] = tmp = _new_temp(path, folder)
+            write(tmp)
+            os.chmod(tmp, _default_mode(folder))  # mkstemp and mkdtemp make them private
+            for d, _, files in os.walk(tmp) if folder else ():  # (safetensors, too, writes its files private)
+                for f in files:
+                    os.chmod(os.path.join(d, f), _default_mode(False))
+        for path, tmp in temps.items():
+            if folder and os.path.lexists(path):  # (os.replace would put a folder over an empty one)
+                raise FileExistsError(17, "File exists", path)
+            os.replace(tmp, path)
     except BaseException:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)
-        elif os.path.exists(tmp):
-            os.remove(tmp)
+        for tmp in temps.values():
+            _discard(tmp)
         raise
 
 
 def all_finite(state_dict):
     return all(torch.isfinite(t).all() for t in state_dict.values() if torch.is_floating_point(t))
+
+
+def write_failed(path, e):
+    """The one line for a write to path that failed with e: a full disk named as one, with the space left."""
+    try:
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path)) or ".").free
+    except OSError:
+        return f"could not write {path} ({getattr(e, 'strerror', None) or type(e).__name__})"
+    full = free < 2**20 or "No space left" in str(e) or getattr(e, "errno", None) == 28
+    reason = "the disk is full" if full else getattr(e, "strerror", None) or \
+        f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else 'no details'}"
+    return f"could not write {path}: {reason} ({free / 2**20:.1f} MB free there)"
 
 
 def save_checkpoint(ckpt, path):
@@ -65,15 +168,18 @@ def save_checkpoint(ckpt, path):
     try:
         write_atomically(path, lambda tmp: torch.save(ckpt, tmp))
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-        reason = "the disk is full" if free < 2**20 else getattr(e, "strerror", None) or "the write failed"
-        raise OSError(f"could not write {path}: {reason} ({free / 2**20:.1f} MB free there)") from None
+        raise OSError(write_failed(path, e)) from None
 
 
 def load_checkpoint(path):
     """The checkpoint dict train.py saved at path (a ckpt.pt, or the folder holding it); ValueError
     (one line) if it is missing or unreadable."""
+    if not str(path).strip():
+        raise ValueError("no checkpoint path given (it is empty)")
     if os.path.isdir(path):
+        hint = hf_export_hint(path, "the folder")
+        if hint:
+            raise ValueError(hint)
         path = os.path.join(path, "ckpt.pt")
     if not os.path.isfile(path):
         raise ValueError(f"no checkpoint at {path}")
@@ -88,15 +194,61 @@ def load_checkpoint(path):
     return ckpt
 
 
+def hf_export_hint(folder, flag):
+    """The one line for a flag that names a Hugging Face folder (export.py's) where a train.py run
+    is expected, or None if folder is not one."""
+    if not os.path.isfile(os.path.join(folder, "config.json")) or os.path.exists(os.path.join(folder, "ckpt.pt")):
+        return None
+    return (f"{flag} {folder} is a Hugging Face folder, not a train.py run: bring it back first with python export.py "
+            f"--from {shlex.quote(folder)} --to NEW_FOLDER, then give NEW_FOLDER")
+
+
 def model_of(ckpt, device="cpu"):
     """The GPT of a loaded checkpoint, in eval mode on device; ValueError (one line) if its weights
-    do not fit this model.py. A field of GPTConfig that the checkpoint predates takes its default."""
+    do not fit this model.py or its own model_args. A field of GPTConfig that the checkpoint
+    predates takes its default."""
     try:
         model = GPT(GPTConfig(**ckpt["model_args"]))
-        model.load_state_dict(ckpt["model"])
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise ValueError(f"the checkpoint does not fit this model.py ({str(e).splitlines()[0]})") from None
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"its model_args do not describe a model this model.py builds ({e})") from None
+    sd, want = ckpt["model"], model.state_dict()
+    if not isinstance(sd, dict):
+        raise ValueError("its weights are not a state_dict")
+    missing, extra = [k for k in want if k not in sd], [k for k in sd if k not in want]
+    shapes = [k for k in want if k in sd and (not torch.is_tensor(sd[k]) or sd[k].shape != want[k].shape)]
+    if missing or extra or shapes:
+        cfg = model.config
+        parts = [f"{len(v)} {what} ({', '.join(v[:2])}{', ...' if len(v) > 2 else ''})"
+                 for what, v in (("missing", missing), ("not in the model", extra), ("of another shape", shapes)) if v]
+        raise ValueError(f"its weights do not fit its model_args ({cfg.n_layer} layers, n_embd {cfg.n_embd}, "
+                         f"vocab_size {cfg.vocab_size}): {'; '.join(parts)}")
+    model.load_state_dict(sd)
     return model.eval().to(device)
+
+
+def check_whole(ckpt, where):
+    """ValueError (one line, naming where) unless ckpt, a loaded checkpoint, is whole: the model its
+    model_args describe with every weight in its shape (model_of), all finite, the tokenizer's
+    meta, and a [MASK] id inside the vocabulary, right after the tokenizer's ids. Returns the model.
+    What export.py and sample.py check before they use a checkpoint."""
+    for key in ("meta", "mask_token_id"):
+        if key not in ckpt:
+            raise ValueError(f"{where} lacks {key!r}: not a whole train.py checkpoint")
+    try:
+        model = model_of(ckpt)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if not all_finite(ckpt["model"]):
+        raise ValueError(f"{where} holds non-finite weights (a diverged run?)")
+    meta, mask_id, vocab = ckpt["meta"], ckpt["mask_token_id"], model.config.vocab_size
+    if not isinstance(meta, dict) or "kind" not in meta:
+        raise ValueError(f"{where}: its meta (the tokenizer) is not train.py's: {str(meta)[:60]}")
+    if isinstance(mask_id, bool) or not isinstance(mask_id, int) or not 0 <= mask_id < vocab:
+        raise ValueError(f"{where}: its [MASK] id {mask_id!r} is not inside its vocabulary of {vocab} ids")
+    if "vocab_size" in meta and meta["vocab_size"] != mask_id:
+        raise ValueError(f"{where}: its [MASK] id {mask_id} is not the id after its tokenizer's "
+                         f"{meta['vocab_size']} ids")
+    return model
 
 
 def load_model(path, device="cpu"):
@@ -180,9 +332,8 @@ def claim(folder):
     f.write(str(os.getpid()))
     f.flush()
     _held[folder] = f
-    for tmp in glob.glob(os.path.join(folder, "*.tmp")):  # half-written by a killed run: never read
-        os.remove(tmp)
     atexit.register(release, folder)
+    clear_stale_temps(folder)  # half-written by a killed run or export: never read (and it never raises)
     return note
 
 

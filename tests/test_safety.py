@@ -70,12 +70,13 @@ def test_claim_locks_a_folder_and_takes_over_the_lock_of_a_killed_run(tmp_path):
         checkpoint.claim(folder)
     holder.kill()  # like kill -9: no chance to release; the kernel drops the lock, the file stays
     holder.wait()
-    (tmp_path / "run" / "ckpt.pt.tmp").write_text("half a checkpoint")
+    (tmp_path / "run" / f".ckpt.pt.{holder.pid}.abcd1234{checkpoint.TMP_SUFFIX}").write_text("half a checkpoint")
+    (tmp_path / "run" / "notes.tmp").write_text("the user's own file")
     note = checkpoint.claim(folder)
     assert note.endswith(f"the run of pid {holder.pid} ended without releasing it (killed?); taking it over")
-    assert sorted(os.listdir(folder)) == ["lock"]  # the stale .tmp is gone
+    assert sorted(os.listdir(folder)) == ["lock", "notes.tmp"]  # the killed run's temporary is gone, not the user's
     checkpoint.release(folder)
-    assert os.listdir(folder) == []
+    assert os.listdir(folder) == ["notes.tmp"]
 
 
 # --- train.py ---

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ def metrics(out_dir):
 def test_train_writes_a_checkpoint_metrics_and_a_final_line(tmp_path, ratio):
     p = run_script("train.py", *TINY, "--max_iters", "6", "--eval_interval", "3", "--mask_ratio", ratio,
                    "--out_dir", str(tmp_path))
-    assert (tmp_path / "ckpt.pt").exists() and not (tmp_path / "ckpt.pt.tmp").exists()
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "metrics.jsonl"]  # no temporary, no lock left
     train, evals = metrics(tmp_path)
     assert sorted(train) == list(range(6)) and sorted(evals) == [0, 3, 6]
     assert {"val_loss", "acc", "acc_mqar", "acc_needle", "acc_needle_d0.50"} <= set(evals[6])

@@ -16,7 +16,8 @@ The export writes config.json, model.safetensors (fp32) and generation_config.js
 - nanoGPT's characters: vocab.json, the id of each character (tokenize with it yourself).
 config.json also keeps the checkpoint's train.py settings, meta and [MASK] id (under "nanomeap"),
 so that the import restores them: the round trip is bit-exact. Only folders this script exported
-can come back; the folder is written as NAME.tmp and renamed when complete.
+can come back. The folder is written under a temporary name of this process's own and renamed when
+complete: an interrupted export leaves nothing, and nothing that was there before is touched.
 """
 
 import argparse
@@ -24,13 +25,14 @@ import base64
 import dataclasses
 import json
 import os
-import shutil
+import shlex
 import sys
 import tempfile
 
 import torch
 
 import checkpoint
+import configurator
 import tasks
 import tokenizer
 from configurator import die
@@ -174,17 +176,19 @@ def meta_from_json(meta):
 
 def refuse_existing(path):
     """One line and an exit if path exists: an export never overwrites."""
-    if os.path.exists(path):
+    if os.path.lexists(path):
         die(f"--to {path} already exists; give a new folder (nothing is overwritten)")
 
 
-def new_folder(tmp):
-    """Create the empty folder tmp, first removing one an interrupted export left there."""
-    shutil.rmtree(tmp, ignore_errors=True)
+def write_folder(dst, write):
+    """write(tmp) fills a new temporary folder of this process's own, renamed to dst when complete
+    (checkpoint.write_atomically); a failure is one line, and leaves nothing behind."""
     try:
-        os.makedirs(tmp)
-    except OSError as e:
-        die(f"cannot write to --to {tmp[:-len('.tmp')]} ({e.strerror})")
+        checkpoint.write_atomically(dst, write, folder=True)
+    except FileExistsError:
+        die(f"--to {dst} appeared while this export ran (another export?); it is left as it is")
+    except Exception as e:  # a full disk: OSError, safetensors' SafetensorError, torch's RuntimeError, ...
+        die(f"--to: {checkpoint.write_failed(dst, e)}")
 
 
 def export(src, dst):
@@ -195,30 +199,38 @@ def export(src, dst):
     refuse_existing(dst)
     try:
         ckpt = checkpoint.load_checkpoint(src)
-        cfg = GPTConfig(**ckpt["model_args"])
-    except (TypeError, ValueError) as e:
+        checkpoint.check_whole(ckpt, src)  # every weight its model_args name, finite; meta; [MASK] inside
+    except ValueError as e:
         die(e)
-    mask_id, meta = ckpt["mask_token_id"], ckpt.get("meta", {})
+    cfg = GPTConfig(**ckpt["model_args"])
+    mask_id, meta = ckpt["mask_token_id"], ckpt["meta"]
     extra = {"config": ckpt["config"], "meta": meta_to_json(meta), "iter_num": ckpt.get("iter_num", 0)}
     mlp_width = ckpt["model"]["blocks.0.mlp.gate_proj.weight"].shape[0]  # model.MLP's ~8/3 n_embd
+    tok = hf_tokenizer(meta, mask_id)  # before writing: it may need tiktoken's files
 
     def write(tmp):
-        new_folder(tmp)
         with torch.device("meta"):  # the weights come next: no random init to throw away
             hf = LlamaForCausalLM(llama_config(cfg, mlp_width, mask_id, extra))
         hf.load_state_dict(to_llama(ckpt["model"], cfg), assign=True)
         hf.save_pretrained(tmp, safe_serialization=True)
         # greedy, and never [MASK] or the vocabulary padding: what sample.py --temperature 0 draws
         GenerationConfig(do_sample=False, suppress_tokens=list(range(mask_id, cfg.vocab_size))).save_pretrained(tmp)
-        tok = hf_tokenizer(meta, mask_id)
         if tok is not None:
             tok.save_pretrained(tmp)
         elif "stoi" in meta:  # nanoGPT's characters: the mapping itself
             with open(os.path.join(tmp, "vocab.json"), "w") as f:
                 json.dump(meta["stoi"], f, ensure_ascii=False)
 
-    checkpoint.write_atomically(dst, write)  # written as DST.tmp, renamed when complete
+    write_folder(dst, write)
     return dst
+
+
+def llama_names(n_layer):
+    """The names of LlamaForCausalLM's weights for n_layer layers (to_llama's keys)."""
+    layer = ["input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+             "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    return {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"} | {
+        f"model.layers.{i}.{name}.weight" for i in range(n_layer) for name in layer}
 
 
 def import_hf(src, dst):
@@ -240,6 +252,10 @@ def import_hf(src, dst):
     if not extra:
         die(f"--from {src} was not written by export.py (config.json has no nanomeap settings); "
             f"only nanoMEAP's own exports can come back")
+    kinds = {"config": dict, "meta": dict, "mask_token_id": int}
+    bad = [k for k, kind in kinds.items() if not isinstance(extra, dict) or not isinstance(extra.get(k), kind)]
+    if bad:
+        die(f"--from {src}: config.json's nanomeap block lacks a valid {', '.join(bad)}; export the checkpoint again")
     theta = (getattr(c, "rope_parameters", None) or {}).get("rope_theta", getattr(c, "rope_theta", 10000.0))
     unsupported = [name for name, bad in (
         ("attention_bias", c.attention_bias), ("mlp_bias", c.mlp_bias), ("tied embeddings", c.tie_word_embeddings),
@@ -247,30 +263,40 @@ def import_hf(src, dst):
         ("head_dim " + str(c.head_dim), c.head_dim * c.num_attention_heads != c.hidden_size)) if bad]
     if unsupported:
         die(f"--from {src}: {', '.join(unsupported)} do not fit model.py")
-    cfg = GPTConfig(block_size=c.max_position_embeddings, vocab_size=c.vocab_size, n_layer=c.num_hidden_layers,
-                    n_head=c.num_attention_heads, n_kv_head=c.num_key_value_heads, n_embd=c.hidden_size,
-                    rope_theta=float(theta), init=extra["config"].get("init", "nanomeap"),
-                    emb_common=extra["config"].get("emb_common", 0.0))
+    try:
+        cfg = GPTConfig(block_size=c.max_position_embeddings, vocab_size=c.vocab_size, n_layer=c.num_hidden_layers,
+                        n_head=c.num_attention_heads, n_kv_head=c.num_key_value_heads, n_embd=c.hidden_size,
+                        rope_theta=float(theta), init=extra["config"].get("init", "nanomeap"),
+                        emb_common=extra["config"].get("emb_common", 0.0))
+    except (TypeError, ValueError) as e:
+        die(f"--from {src}: config.json describes no model that model.py builds ({e})")
     weights = os.path.join(src, "model.safetensors")
     if not os.path.isfile(weights):
         die(f"--from {src}: no model.safetensors there")
     try:
-        sd = from_llama(load_file(weights), cfg)
-    except KeyError as e:
-        die(f"--from {src}: model.safetensors lacks {e}")
+        hf_sd = load_file(weights)
+    except Exception as e:  # safetensors' SafetensorError for a truncated or foreign file
+        die(f"--from {src}: cannot read model.safetensors ({type(e).__name__}: {str(e).splitlines()[0][:80]}); "
+            f"it may be truncated")
+    want = llama_names(cfg.n_layer)
+    missing, extra_keys = sorted(want - hf_sd.keys()), sorted(hf_sd.keys() - want)
+    if missing or extra_keys:
+        die(f"--from {src}: model.safetensors does not fit config.json's {cfg.n_layer} layers "
+            f"({len(missing)} weights missing, {len(extra_keys)} more than it names: "
+            f"{', '.join((missing + extra_keys)[:2])})")
     model_args = dataclasses.asdict(cfg)
+    ckpt = {"model": from_llama(hf_sd, cfg), "model_args": model_args, "config": extra["config"],
+            "meta": meta_from_json(extra["meta"]), "mask_token_id": extra["mask_token_id"],
+            "iter_num": extra.get("iter_num", 0)}
     try:
-        checkpoint.model_of({"model_args": model_args, "model": sd})  # the shapes fit model.py
+        checkpoint.check_whole(ckpt, f"--from {src}")  # shapes, finite weights, [MASK] inside the vocabulary
     except ValueError as e:
-        die(f"--from {src}: {e}")
-    ckpt = {"model": sd, "model_args": model_args, "config": extra["config"], "meta": meta_from_json(extra["meta"]),
-            "mask_token_id": extra["mask_token_id"], "iter_num": extra.get("iter_num", 0)}
+        die(e)
 
     def write(tmp):
-        new_folder(tmp)
-        checkpoint.save_checkpoint(ckpt, os.path.join(tmp, "ckpt.pt"))
+        torch.save(ckpt, os.path.join(tmp, "ckpt.pt"))  # (check_whole: finite; the folder is renamed whole)
 
-    checkpoint.write_atomically(dst, write)
+    write_folder(dst, write)
     return dst
 
 
@@ -282,12 +308,22 @@ def main(argv=None):
     ap.add_argument("--to", required=True, help="the folder to write (must not exist)")
     ap.error = lambda msg: die(f"{msg} (python export.py --help lists the options)")
     args = ap.parse_args(argv)
-    if (args.out_dir is None) == (args.source is None):
+    if args.out_dir is not None and args.source is not None:
         die("give --out_dir (export a checkpoint) or --from (import an export), not both")
+    if args.out_dir is None and args.source is None:
+        die("give --out_dir RUN to export a checkpoint, or --from FOLDER to bring an export back")
+    for flag, value in (("--out_dir", args.out_dir), ("--from", args.source), ("--to", args.to)):
+        if value is not None and not value.strip():
+            die(f"{flag} is empty; give a folder")
+    configurator.exit_on_ctrl_c(f"nothing was written to --to {args.to}")
     if args.out_dir is not None:
-        print(f"wrote {export(args.out_dir, args.to)}: LlamaForCausalLM.from_pretrained({args.to!r}) loads it")
+        dst = export(args.out_dir, args.to)
+        configurator.work_done()
+        print(f"wrote {dst}: LlamaForCausalLM.from_pretrained({args.to!r}) loads it")
     else:
-        print(f"wrote {import_hf(args.source, args.to)}/ckpt.pt: train.py --init_from {args.to} fine-tunes it")
+        dst = import_hf(args.source, args.to)
+        configurator.work_done()
+        print(f"wrote {dst}/ckpt.pt: train.py --init_from {shlex.quote(args.to)} fine-tunes it")
 
 
 if __name__ == "__main__":

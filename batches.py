@@ -14,6 +14,7 @@ import functools
 import math
 import os
 import pickle
+import shlex
 
 import numpy as np
 import torch
@@ -70,6 +71,58 @@ def collate(pairs):
     return x, y
 
 
+def check_meap(c, mask_token_id):
+    """MEAP's settings in c (train.py's, a dict), each checked by the mask.py function that uses it:
+    ValueError naming its flag. (experiments/common.py checks --set with it, as train.py does.)"""
+    T = c["block_size"]
+    spare = None if c["mask_queries"] else torch.zeros(T, dtype=torch.bool)
+    checks = {"mask_ratio": lambda: num_masked(T, c["mask_ratio"]),
+              "mask_mode": lambda: sample_mask(1, T, c["mask_ratio"], c["mask_mode"], exclude=spare),
+              "corruption": lambda: meap_inputs(torch.zeros(1, T, dtype=torch.long), 0.0, mask_token_id,
+                                                corruption=c["corruption"], vocab_size=mask_token_id)}
+    for flag, check in checks.items():
+        try:
+            check()
+        except ValueError as e:
+            raise ValueError(f"--{flag}: {e}") from None
+
+
+def check_sft(c):
+    """Fine-tuning's settings in c (train.py's, a dict): ValueError (one line) naming the fix."""
+    layout, ratio, m = c["sft"], c["mask_ratio"], c["answer_len"]
+    if layout not in SFT_LAYOUTS:
+        raise ValueError(f"--sft must be none, ntp, concat or separate, got {layout!r}")
+    if c["dataset"] != "synthetic":  # the dataset comes with the checkpoint
+        raise ValueError(f"--sft fine-tunes on the synthetic multi-document QA, but {c['init_from']} was trained "
+                         f"on data/{c['dataset']}; start from a checkpoint of the synthetic tasks")
+    if layout == "ntp" and ratio > 0:
+        raise ValueError("--sft ntp masks nothing: pass --mask_ratio 0 (or --sft concat / separate for MEAP-SFT)")
+    if layout != "ntp" and c["batch_size"] % 2:
+        raise ValueError(f"--sft {layout} takes batch_size / 2 examples per step (each twice): "
+                         f"--batch_size must be even")
+    if layout != "ntp" and m < c["sft_min_answer"]:  # every qa answer has answer_len tokens
+        raise ValueError(f"--sft {layout}: the {m}-token answers are under sft_min_answer {c['sft_min_answer']}, "
+                         f"so MEAP-SFT would be NTP-SFT on half the examples; lower --sft_min_answer (the "
+                         f"paper's 50 is for text answers)")
+    try:
+        k = num_masked(m, ratio)
+    except ValueError as e:
+        raise ValueError(f"--mask_ratio: {e}") from None
+    if layout != "ntp" and ratio > 0 and k == 0:
+        raise ValueError(f"--mask_ratio {ratio} masks floor({m} x {ratio}) = 0 of the {m} answer tokens; raise "
+                         f"it to {math.ceil(100 / m) / 100} or more (or 0: duplication alone)")
+    need = 2 * c["qa_tokens"] - 1 if layout == "concat" else c["qa_tokens"] - 1
+    if need > c["block_size"]:
+        raise ValueError(f"--sft {layout} needs block_size >= {need} for qa_tokens {c['qa_tokens']}; "
+                         f"lower --qa_tokens")
+    try:
+        qa(np.random.default_rng(0), 1, c["qa_tokens"] - 1, c["n_docs"], 0, m)
+    except ValueError as e:
+        raise ValueError(f"{e}; raise --qa_tokens or lower --n_docs / --answer_len") from None
+    if c["sft_examples"] < 1:
+        raise ValueError(f"--sft_examples must be at least 1, got {c['sft_examples']}")
+
+
 class Batches:
     """The batches of one run. cfg: train.py's settings (a dict). Checks them and the data first:
     ValueError with one line naming the fix. Sets mask_token_id (the id of [MASK], which is also
@@ -81,7 +134,7 @@ class Batches:
         self.cfg, self.rank, self.world_size = dict(cfg), rank, world_size
         c = self.cfg
         if c["sft"] != "none":
-            self._check_sft()  # first: fine-tuning needs a synthetic checkpoint, whatever data/ holds
+            check_sft(c)  # first: fine-tuning needs a synthetic checkpoint, whatever data/ holds
         self.row_len = self.row_tokens = c["block_size"]
         if c["dataset"] == "synthetic":
             self.mask_token_id, self.meta = MASK_ID, {"kind": "synthetic"}
@@ -92,7 +145,7 @@ class Batches:
             self.mask_token_id, self.meta = self._check_text_data()
         self.vocab_size = self.mask_token_id + 1
         if c["sft"] == "none":
-            self._check_meap()
+            check_meap(c, self.mask_token_id)
         else:  # a fixed fine-tuning set, the same for every layout of a seed
             self.sft_set = qa_examples(stream(c["seed"], SFT_SET), c["sft_examples"], c["qa_tokens"] - 1,
                                        c["n_docs"], c["answer_len"])
@@ -106,7 +159,7 @@ class Batches:
         d, T = self.data_dir, self.cfg["block_size"]
         for split in ("train", "val"):
             if not os.path.exists(os.path.join(d, f"{split}.bin")):
-                raise ValueError(f"{d}/{split}.bin not found; prepare it with: python {d}/prepare.py")
+                raise ValueError(f"{d}/{split}.bin not found; prepare it with: python {shlex.quote(d)}/prepare.py")
         meta = {"kind": "gpt2", "vocab_size": 50257}  # nanoGPT's convention when there is no meta.pkl
         if os.path.exists(os.path.join(d, "meta.pkl")):
             with open(os.path.join(d, "meta.pkl"), "rb") as f:
@@ -145,56 +198,7 @@ class Batches:
             return torch.Generator().manual_seed(shared_seed(it))
         return torch_generator(stream(self.cfg["seed"], MASKS, self.rank, it, micro))
 
-    def _check_meap(self):
-        """MEAP's settings, each checked by the mask.py function that uses it, the error naming its flag."""
-        c, T = self.cfg, self.cfg["block_size"]
-        spare = None if c["mask_queries"] else torch.zeros(T, dtype=torch.bool)
-        checks = {"mask_ratio": lambda: num_masked(T, c["mask_ratio"]),
-                  "mask_mode": lambda: sample_mask(1, T, c["mask_ratio"], c["mask_mode"], exclude=spare),
-                  "corruption": lambda: meap_inputs(torch.zeros(1, T, dtype=torch.long), 0.0, self.mask_token_id,
-                                                    corruption=c["corruption"], vocab_size=self.mask_token_id)}
-        for flag, check in checks.items():
-            try:
-                check()
-            except ValueError as e:
-                raise ValueError(f"--{flag}: {e}") from None
-
     # -- fine-tuning (§3.2) ---------------------------------------------------------------------------
-
-    def _check_sft(self):
-        c = self.cfg
-        layout, ratio, m = c["sft"], c["mask_ratio"], c["answer_len"]
-        if layout not in SFT_LAYOUTS:
-            raise ValueError(f"--sft must be none, ntp, concat or separate, got {layout!r}")
-        if c["dataset"] != "synthetic":  # the dataset comes with the checkpoint
-            raise ValueError(f"--sft fine-tunes on the synthetic multi-document QA, but {c['init_from']} was trained "
-                             f"on data/{c['dataset']}; start from a checkpoint of the synthetic tasks")
-        if layout == "ntp" and ratio > 0:
-            raise ValueError("--sft ntp masks nothing: pass --mask_ratio 0 (or --sft concat / separate for MEAP-SFT)")
-        if layout != "ntp" and c["batch_size"] % 2:
-            raise ValueError(f"--sft {layout} takes batch_size / 2 examples per step (each twice): "
-                             f"--batch_size must be even")
-        if layout != "ntp" and m < c["sft_min_answer"]:  # every qa answer has answer_len tokens
-            raise ValueError(f"--sft {layout}: the {m}-token answers are under sft_min_answer {c['sft_min_answer']}, "
-                             f"so MEAP-SFT would be NTP-SFT on half the examples; lower --sft_min_answer (the "
-                             f"paper's 50 is for text answers)")
-        try:
-            k = num_masked(m, ratio)
-        except ValueError as e:
-            raise ValueError(f"--mask_ratio: {e}") from None
-        if layout != "ntp" and ratio > 0 and k == 0:
-            raise ValueError(f"--mask_ratio {ratio} masks floor({m} x {ratio}) = 0 of the {m} answer tokens; raise "
-                             f"it to {math.ceil(100 / m) / 100} or more (or 0: duplication alone)")
-        need = 2 * c["qa_tokens"] - 1 if layout == "concat" else c["qa_tokens"] - 1
-        if need > c["block_size"]:
-            raise ValueError(f"--sft {layout} needs block_size >= {need} for qa_tokens {c['qa_tokens']}; "
-                             f"lower --qa_tokens")
-        try:
-            qa(np.random.default_rng(0), 1, c["qa_tokens"] - 1, c["n_docs"], 0, m)
-        except ValueError as e:
-            raise ValueError(f"{e}; raise --qa_tokens or lower --n_docs / --answer_len") from None
-        if c["sft_examples"] < 1:
-            raise ValueError(f"--sft_examples must be at least 1, got {c['sft_examples']}")
 
     @functools.lru_cache(maxsize=2)
     def epoch_order(self, epoch):

@@ -19,6 +19,7 @@ import ast
 import difflib
 import os
 import re
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -122,6 +123,47 @@ def help_text(script_path, defaults):
     return "\n".join(lines)
 
 
+def check_ranges(s):
+    """train.py's numeric settings (s, a dict of them) in their ranges; ConfigError naming the flag.
+    (The model's shape is GPTConfig's to check, MEAP's and the data's batches.py's.)"""
+    for k in ("batch_size", "block_size", "max_iters", "gradient_accumulation_steps", "eval_interval",
+              "log_interval", "eval_iters", "eval_examples"):
+        if s[k] < 1:
+            raise ConfigError(f"--{k} must be at least 1, got {s[k]}")
+    for k in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):  # (NaN fails every comparison)
+        if not 0 <= s[k] <= 1e9:  # beyond, AdamW's float32 arithmetic overflows
+            raise ConfigError(f"--{k} must be a number in [0, 1e9], got {s[k]}")
+    if s["learning_rate"] == 0 or not (0 <= s["beta1"] < 1 and 0 <= s["beta2"] < 1) or s["seed"] < 0 or \
+            s["warmup_iters"] < 0:
+        raise ConfigError(f"need --learning_rate > 0, --beta1 and --beta2 in [0, 1), --seed >= 0 and --warmup_iters "
+                          f">= 0 (got {s['learning_rate']}, {s['beta1']}, {s['beta2']}, {s['seed']}, {s['warmup_iters']})")
+
+
+def check_memory(model_config, tokens, device):
+    """ConfigError unless the device has the memory that training the model of model_config (a
+    GPTConfig) on `tokens` tokens per micro-step needs at the very least: float32 weights, gradients
+    and AdamW's two moments (16 bytes a parameter), the RoPE tables, and the logits with their
+    gradient. A floor, not an estimate: what passes may still run out, what fails cannot run."""
+    import dataclasses
+    from model import GPT
+    with torch.device("meta"):  # sizes without memory; two layers' worth, so n_layer costs nothing
+        one, two = (GPT(dataclasses.replace(model_config, n_layer=n)) for n in (1, 2))
+    per_layer = two.num_params(False) - one.num_params(False)
+    n_params = one.num_params(False) + (model_config.n_layer - 1) * per_layer
+    need = 16 * n_params + 4 * sum(b.numel() for b in one.buffers()) + 8 * tokens * model_config.vocab_size
+    kind = torch.device(device).type
+    if kind == "cuda":
+        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    elif kind == "cpu" and hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    else:  # mps shares the machine's memory; nothing to read it from portably
+        return
+    if need > total:
+        raise ConfigError(f"this model ({n_params / 1e6:,.1f}M parameters) and batch need at least {need / 2**30:,.1f} "
+                          f"GB on {device}, which has {total / 2**30:,.1f} GB; lower --n_embd, --n_layer, "
+                          f"--block_size or --batch_size")
+
+
 def die(msg, code=1):
     """The one way out on bad input: `error: msg`, one line on stderr, and exit code (1: raised as
     SystemExit("error: msg"), which Python prints at exit and a caller or a test can catch). Under
@@ -134,6 +176,19 @@ def die(msg, code=1):
         raise SystemExit(f"error: {msg}")
     print(f"error: {msg}", file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+def exit_on_ctrl_c(what):
+    """From now on Ctrl-C ends the script with one line, `error: interrupted; what`, and exit code
+    130. The exit unwinds like an exception, so a file half-written at that moment is removed (see
+    checkpoint.write_atomically) and what was there before is left as it was."""
+    signal.signal(signal.SIGINT, lambda signum, frame: die(f"interrupted; {what}", 130))
+
+
+def work_done():
+    """Ctrl-C ignored from now on: the work is written, and a Ctrl-C during Python's exit (a second
+    or so with torch loaded) would only turn a success into a silent exit code 130."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def pick_device(name):

@@ -33,21 +33,29 @@ seed = 1337  # seeds the sampling and the choice of task prompts
 device = "auto"  # 'auto' (cuda, then mps, then cpu), or cpu, cuda, cuda:1, mps
 # -----------------------------------------------------------------------------
 configurator.apply(sys.argv[1:], globals())
+configurator.exit_on_ctrl_c("stopped sampling")
+MAX_TOKENS = 10**6
 
 if num_samples < 1 or max_new_tokens < 1:
     die(f"--num_samples and --max_new_tokens must be at least 1 (got {num_samples} and {max_new_tokens})")
+if num_samples * max_new_tokens > MAX_TOKENS:  # each new token costs a forward pass: beyond this, hours
+    die(f"--num_samples x --max_new_tokens is {num_samples * max_new_tokens:,}; sample.py draws at most "
+        f"{MAX_TOKENS:,} tokens in all (lower either)")
 try:
     device = configurator.pick_device(device)
 except configurator.ConfigError as e:
     die(e)
+if not out_dir.strip():
+    die("--out_dir is empty; give the folder of a train.py run")
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 if not os.path.exists(ckpt_path):
-    die(f"no checkpoint at {ckpt_path}; train one first (python train.py), or point --out_dir at one")
+    die(checkpoint.hf_export_hint(out_dir, "--out_dir") or
+        f"no checkpoint at {ckpt_path}; train one first (python train.py), or point --out_dir at one")
 try:
     ckpt = checkpoint.load_checkpoint(ckpt_path)
-    model = checkpoint.model_of(ckpt, device)
-except ValueError as e:  # unreadable, or a checkpoint of another model.py
-    die(f"{ckpt_path}: {e}")
+    model = checkpoint.check_whole(ckpt, ckpt_path).to(device)  # weights, meta, [MASK] id: all there
+except ValueError as e:  # unreadable, incomplete, or a checkpoint of another model.py
+    die(e)
 meta, mask_token_id, cfg = ckpt["meta"], ckpt["mask_token_id"], ckpt["config"]
 torch.manual_seed(seed)
 

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import sys
 import time
 
@@ -39,6 +40,7 @@ import batches
 import checkpoint
 import configurator
 import tasks
+import tokenizer
 from configurator import die
 from mask import meap_inputs, num_masked
 from model import GPT, GPTConfig
@@ -100,7 +102,7 @@ seed = 1337  # seeds the weights, the data order and the masks
 defaults = configurator.defaults_of(globals())  # the settings above, as written there
 config_keys = list(defaults)
 overrides = configurator.apply(sys.argv[1:], globals())
-SHAPE = ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd")  # what a checkpoint's weights fix
+MODEL = ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "init", "emb_common")  # fixed by the weights
 
 
 def settings_from(ckpt, path, resume):
@@ -111,10 +113,10 @@ def settings_from(ckpt, path, resume):
     saved = {**defaults, **ckpt["config"]}
     if resume:
         taken = [k for k in config_keys if k not in overrides and k not in ("init_from", "out_dir", "overwrite")]
-        fixed = SHAPE
+        fixed = MODEL
         whose, hint = "the checkpoint's", "drop the flag to resume, or use a new --out_dir"
     else:
-        taken = fixed = ["dataset", *SHAPE, "init", "emb_common"]
+        taken = fixed = ["dataset", *MODEL]
         whose, hint = f"{path}'s", "drop the flag"
     for k in fixed:
         if k in overrides and overrides[k] != saved[k]:
@@ -122,19 +124,21 @@ def settings_from(ckpt, path, resume):
     return {k: saved[k] for k in taken}
 
 
+for k in ("out_dir", "init_from"):
+    if not globals()[k].strip():
+        die(f"--{k} is empty; give a folder")
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 ckpt = None  # the checkpoint to start from, if any
 if init_from == "resume":  # continue the run in out_dir, with the settings saved in its checkpoint
     if not os.path.exists(ckpt_path):
-        die(f"--init_from resume: no checkpoint at {ckpt_path} (check --out_dir, or start with --init_from scratch)")
+        die(checkpoint.hf_export_hint(out_dir, "--out_dir") or f"--init_from resume: no checkpoint at {ckpt_path} "
+            f"(check --out_dir, or start with --init_from scratch)")
     start_path = ckpt_path
 elif init_from != "scratch":  # fine-tune: the weights and the model's shape from a checkpoint
     start_path = init_from if init_from.endswith(".pt") else os.path.join(init_from, "ckpt.pt")
-    if os.path.exists(os.path.join(init_from, "config.json")) and not os.path.exists(start_path):
-        die(f"--init_from {init_from} is a Hugging Face folder: bring it back first with "
-            f"python export.py --from {init_from} --to NEW_FOLDER, then --init_from NEW_FOLDER")
     if not os.path.exists(start_path):
-        die(f"--init_from {init_from}: no checkpoint there (give a ckpt.pt, its folder, 'scratch' or 'resume')")
+        die(checkpoint.hf_export_hint(init_from, "--init_from") or f"--init_from {init_from}: no checkpoint there "
+            f"(give a ckpt.pt, its folder, 'scratch' or 'resume')")
     if os.path.abspath(os.path.dirname(start_path)) == os.path.abspath(out_dir):
         die(f"--out_dir {out_dir} holds the checkpoint this run starts from; give the fine-tuned model its own --out_dir")
 if init_from != "scratch":
@@ -151,16 +155,10 @@ finetune = sft != "none"
 # (batches.Batches checks the data, MEAP's and fine-tuning's settings; GPTConfig the model's shape)
 if finetune and init_from == "scratch":
     die("--sft fine-tunes a trained model: give its checkpoint, --init_from out-base (or ckpt.pt)")
-for k in ("batch_size", "block_size", "max_iters", "gradient_accumulation_steps", "eval_interval", "log_interval",
-          "eval_iters", "eval_examples"):
-    if globals()[k] < 1:
-        die(f"--{k} must be at least 1, got {globals()[k]}")
-for k in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):  # (NaN fails every comparison)
-    if not 0 <= globals()[k] <= 1e9:  # beyond, AdamW's float32 arithmetic overflows
-        die(f"--{k} must be a number in [0, 1e9], got {globals()[k]}")
-if learning_rate == 0 or not (0 <= beta1 < 1 and 0 <= beta2 < 1) or seed < 0 or warmup_iters < 0:
-    die(f"need --learning_rate > 0, --beta1 and --beta2 in [0, 1), --seed >= 0 and --warmup_iters >= 0 "
-        f"(got {learning_rate}, {beta1}, {beta2}, {seed}, {warmup_iters})")
+try:
+    configurator.check_ranges(config)  # sizes >= 1, rates and betas in range (experiments' --set: the same)
+except configurator.ConfigError as e:
+    die(e)
 
 # -----------------------------------------------------------------------------
 # devices and processes
@@ -194,6 +192,14 @@ try:
 except ValueError as e:
     die(e)
 mask_token_id, meta = data.mask_token_id, data.meta
+tokenizer_id = tokenizer.identity(meta, mask_token_id)  # saved with every checkpoint
+if ckpt is not None:  # the ids must mean what they meant when the checkpoint was trained
+    trained_with = ckpt.get("tokenizer") or tokenizer.identity(ckpt.get("meta", {}), ckpt.get("mask_token_id"))
+    if trained_with != tokenizer_id:
+        now = "the synthetic tasks have" if dataset == "synthetic" else f"{data.data_dir} now has"
+        die(f"{start_path} was trained with the tokenizer {tokenizer.describe(trained_with)}, but {now} "
+            f"{tokenizer.describe(tokenizer_id)} (prepared again since?); train on the data it was trained with, "
+            f"or start a new run in a new --out_dir")
 tokens_per_iter = int(gradient_accumulation_steps * ddp_world_size * batch_size * data.row_tokens)
 
 
@@ -210,7 +216,11 @@ try:  # GPTConfig checks the shape, and pads the vocabulary ([MASK] included) to
 except ValueError as e:
     die(e)
 model_args = dataclasses.asdict(model_config)  # saved with every checkpoint: what builds the model again
-raw_model = GPT(model_config).to(device)
+try:  # too large for the machine: one line before any memory is taken, not a crash
+    configurator.check_memory(model_config, batch_size * data.row_len, device)
+    raw_model = GPT(model_config).to(device)
+except configurator.ConfigError as e:
+    die(e)
 optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 iter_num = saved_iter = 0  # saved_iter: the step of the last checkpoint in out_dir (0: none yet)
 if ckpt is not None:  # resume: weights, optimizer, loss scaler, random state; fine-tune: the weights
@@ -274,7 +284,7 @@ def resume_hint():
     if not saved_iter:
         return f"no checkpoint was saved (the first comes at iter {eval_interval})"
     return (f"{ckpt_path} (iter {saved_iter}) is kept: "
-            f"continue with python train.py --init_from resume --out_dir {out_dir}")
+            f"continue with python train.py --init_from resume --out_dir {shlex.quote(out_dir)}")
 
 
 def diverged(what):
@@ -286,7 +296,7 @@ def save_checkpoint():
     global saved_iter
     state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
              "model_args": model_args, "iter_num": iter_num, "config": config, "meta": meta,
-             "mask_token_id": mask_token_id, "rng": {"torch": torch.get_rng_state()}}
+             "mask_token_id": mask_token_id, "tokenizer": tokenizer_id, "rng": {"torch": torch.get_rng_state()}}
     try:
         checkpoint.save_checkpoint(state, ckpt_path)  # atomic, and never non-finite weights
     except ValueError:

@@ -18,6 +18,7 @@ A dataset folder holds nanoGPT's format: train.bin and val.bin (uint16 ids) and 
 """
 
 import argparse
+import hashlib
 import os
 import pickle
 import urllib.request
@@ -27,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from checkpoint import write_atomically
+import configurator
 from configurator import die
 
 TOKENIZERS = ("gpt2", "byte", "bpe")
@@ -150,6 +152,28 @@ def for_meta(meta):
     return get_tokenizer(meta.get("tokenizer", "gpt2"))
 
 
+def identity(meta, mask_token_id):
+    """What a dataset's or checkpoint's tokenizer is, from its meta dict and [MASK] id: {"name",
+    "vocab_size", "mask_token_id", "fingerprint"}, the fingerprint a short hash of every field that
+    decides which text an id means (so two prepare runs with other settings differ). A checkpoint
+    keeps it; train.py compares it with its dataset's before resuming or fine-tuning."""
+    kind = meta.get("kind")
+    name = meta.get("tokenizer") or ("synthetic" if kind == "synthetic" else "char" if "stoi" in meta else "gpt2")
+    fields = {k: meta[k] for k in ("vocab_size", "bpe_ranks", "stoi") if k in meta}
+
+    def canonical(v):  # dicts as sorted pairs: the hash does not depend on insertion order
+        return sorted((repr(k), canonical(x)) for k, x in v.items()) if isinstance(v, dict) else repr(v)
+    digest = hashlib.sha256(repr((name, mask_token_id, canonical(fields))).encode()).hexdigest()[:12]
+    return {"name": name, "vocab_size": meta.get("vocab_size", mask_token_id), "mask_token_id": mask_token_id,
+            "fingerprint": digest}
+
+
+def describe(ident):
+    """identity() in words, for an error message."""
+    return (f"{ident['name']} ({ident['vocab_size']:,} ids, [MASK] {ident['mask_token_id']}, "
+            f"fingerprint {ident['fingerprint']})")
+
+
 # -----------------------------------------------------------------------------
 # the body of data/*/prepare.py
 
@@ -172,12 +196,6 @@ def read_text(path=None, url=None):
                          f"pass --input PATH to a local text file instead")
 
 
-def write_split(path, ids):
-    """ids as uint16 to path, through a temporary file (never a half-written .bin)."""
-    arr = np.asarray(ids, dtype=np.uint16)
-    write_atomically(path, arr.tofile)
-
-
 def prepare(out_dir, text, tok, val_fraction=0.1):
     """Tokenize text, split it (the first 1 - val_fraction is train, the rest val), and write
     out_dir/{train,val}.bin and meta.pkl. Returns {"train": n_tokens, "val": n_tokens}."""
@@ -188,20 +206,54 @@ def prepare(out_dir, text, tok, val_fraction=0.1):
     ids = {"train": tok.encode(text[:split]), "val": tok.encode(text[split:])}
     if min(len(v) for v in ids.values()) < 2:
         die(f"the text is too short to split ({n} characters)")
-    os.makedirs(out_dir, exist_ok=True)
-    for split_name, v in ids.items():
-        write_split(os.path.join(out_dir, f"{split_name}.bin"), v)
-    write_meta(out_dir, tok)
+    write_dataset(out_dir, ids, tok)
     return {k: len(v) for k, v in ids.items()}
 
 
-def write_meta(out_dir, tok, **extra):
-    """out_dir/meta.pkl for train.py: the vocabulary size ([MASK] comes next), the tokenizer, and
-    what else it needs (a trained BPE's ranks, as bpe_ranks)."""
+def check_out_dir(out_dir):
+    """A one-line exit (die) unless out_dir is a folder that can be written, or can be created:
+    called before the work, so a mistake costs no time. Creates nothing."""
+    d = os.path.abspath(out_dir)
+    if not out_dir.strip() or (os.path.exists(d) and not os.path.isdir(d)):
+        die(f"--out_dir {out_dir!r} is {'empty' if not out_dir.strip() else 'a file'}; give a folder")
+    while not os.path.exists(d):
+        d = os.path.dirname(d)
+    if not os.path.isdir(d) or not os.access(d, os.W_OK):
+        die(f"cannot write to --out_dir {out_dir} ({d} is {'a file' if not os.path.isdir(d) else 'not writable'})")
+
+
+def write_dataset(out_dir, ids, tok, **extra):
+    """ids {"train": ..., "val": ...} as out_dir/train.bin and val.bin (uint16), and meta.pkl
+    (write_meta, with extra), all three replaced together or none (checkpoint.write_all_atomically).
+    A failure (a full disk) is one line (die), and a folder this call created is removed again."""
+    from checkpoint import write_all_atomically, write_failed
+    created = not os.path.isdir(out_dir)
+    writes = {os.path.join(out_dir, f"{split}.bin"): np.asarray(v, dtype=np.uint16).tofile for split, v in ids.items()}
+    writes[os.path.join(out_dir, "meta.pkl")] = meta_writer(tok, **extra)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        write_all_atomically(writes)
+    except OSError as e:
+        if created:  # (write_all_atomically removed its temporaries: the folder is empty again)
+            try:
+                os.rmdir(out_dir)
+            except OSError:
+                pass
+        die(f"--out_dir: {write_failed(out_dir, e)}")
+
+
+def meta_writer(tok, **extra):
+    """The write(tmp) of a meta.pkl for train.py: the vocabulary size ([MASK] comes next), the
+    tokenizer, and what else it needs (a trained BPE's ranks, as bpe_ranks)."""
     def write(tmp):
         with open(tmp, "wb") as f:
             pickle.dump({"vocab_size": tok.vocab_size, "tokenizer": tok.name, **extra}, f)
-    write_atomically(os.path.join(out_dir, "meta.pkl"), write)
+    return write
+
+
+def write_meta(out_dir, tok, **extra):
+    """out_dir/meta.pkl alone (meta_writer), atomically."""
+    write_atomically(os.path.join(out_dir, "meta.pkl"), meta_writer(tok, **extra))
 
 
 def prepare_main(tokenizer_name, default_out, argv=None):
@@ -216,14 +268,14 @@ def prepare_main(tokenizer_name, default_out, argv=None):
     args = ap.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         die(f"--val_fraction must be in (0, 1), got {args.val_fraction}")
+    configurator.exit_on_ctrl_c(f"{args.out_dir} is as it was (its files are replaced together, at the end)")
+    check_out_dir(args.out_dir)
     try:
         tok = get_tokenizer(tokenizer_name)
     except ValueError as e:
         die(f"{e}")
     text = read_text(args.input, TINY_SHAKESPEARE)
-    try:
-        counts = prepare(args.out_dir, text, tok, args.val_fraction)
-    except OSError as e:  # an --out_dir that cannot be written
-        die(f"cannot write to --out_dir {args.out_dir} ({e.strerror or type(e).__name__})")
+    counts = prepare(args.out_dir, text, tok, args.val_fraction)
+    configurator.work_done()
     print(f"{len(text):,} characters -> {tokenizer_name} ({tok.vocab_size:,} ids, [MASK] = {tok.mask_id})")
     print(f"train.bin {counts['train']:,} tokens, val.bin {counts['val']:,} tokens, meta.pkl -> {args.out_dir}")

@@ -39,7 +39,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configurator import die  # noqa: E402
-from tokenizer import bpe_tokenizer, train_bpe, write_meta, write_split  # noqa: E402
+from tokenizer import bpe_tokenizer, check_out_dir, train_bpe, write_dataset  # noqa: E402
+import configurator  # noqa: E402
 
 SKIP = ("site-packages", "test", "tests", "idlelib", "idle_test")  # folders left out: vendored code, test suites
 SEPARATOR = "\n\n\n"  # between documents in the token stream
@@ -100,6 +101,8 @@ def main(argv=None):
             add_repeats(np.zeros(0, dtype=np.int64), args.repeat, args.repeat_block, span, np.random.default_rng(0))
         except ValueError as e:
             die(f"{e}")
+    check_out_dir(args.out_dir)  # before the minute of work, too
+    configurator.exit_on_ctrl_c(f"{args.out_dir} is as it was (its files are replaced together, at the end)")
     root = args.root or sysconfig.get_paths()["stdlib"]
     files = stdlib_files(root)
     docs = {"train": [], "val": []}
@@ -129,14 +132,9 @@ def main(argv=None):
                                             np.random.default_rng(0))
         print(f"train.bin: a copied span of {span[0]}-{span[1]} tokens in {changed:,} of its "
               f"{len(ids['train']) // args.repeat_block:,} stretches of {args.repeat_block}")
-    try:
-        os.makedirs(args.out_dir, exist_ok=True)
-        for split, v in ids.items():
-            write_split(os.path.join(args.out_dir, f"{split}.bin"), v)
-        write_meta(args.out_dir, tok, bpe_ranks=ranks, python=platform.python_version(),
-                   repeat=[args.repeat, args.repeat_block, *span] if args.repeat else None)
-    except OSError as e:
-        die(f"cannot write to --out_dir {args.out_dir} ({e.strerror or type(e).__name__})")
+    write_dataset(args.out_dir, ids, tok, bpe_ranks=ranks, python=platform.python_version(),
+                  repeat=[args.repeat, args.repeat_block, *span] if args.repeat else None)
+    configurator.work_done()
     print(f"train.bin {len(ids['train']):,} tokens, val.bin {len(ids['val']):,} tokens, meta.pkl -> {args.out_dir}")
 
 

@@ -26,6 +26,7 @@ path returns them (GPT.attention); causal rows see keys 0..i.
 import argparse
 import os
 import re
+import shlex
 import sys
 
 import numpy as np
@@ -321,12 +322,13 @@ def main(argv=None):
     ap.add_argument("--mask_ratio", type=float, default=0.15,
                     help="ratio of the masked copy for the paired metrics; at most 0.5 (masked and unmasked keys)")
     ap.add_argument("--report", default=None, metavar="DIR", help="only rewrite DIR/attention.md from DIR/attention.json")
+    ap.add_argument("--overwrite", action="store_true", help="replace the grid's attention.json (refused otherwise)")
     ap.error = lambda msg: die(f"{msg} (python experiments/attention.py --help lists the options)")
     args = ap.parse_args(argv)
     if args.report:
         if not os.path.exists(os.path.join(args.report, "attention.json")):
             die(f"{args.report} has no attention.json; "
-                         f"run python experiments/attention.py --grid {args.report}")
+                         f"run python experiments/attention.py --grid {shlex.quote(args.report)}")
         print(report(args.report))
         return
     if args.examples < 1 or not 0 < args.mask_ratio <= 0.5:  # the paired metrics need masked and unmasked keys
@@ -340,11 +342,12 @@ def main(argv=None):
             found[(float(m.group(1)), int(m.group(2)))] = os.path.join(runs, name)
     if not found:
         die(f"no checkpoints in {runs}; "
-                         f"train a grid first: python experiments/compare.py --out {args.grid}")
+                         f"train a grid first: python experiments/compare.py --out {shlex.quote(args.grid)}")
     try:
         checkpoint.check_writable(args.grid)  # attention.json goes there: check before the work
     except OSError as e:
         die(f"--grid: {e}")
+    common.keep_result(os.path.join(args.grid, "attention.json"), args.overwrite)
     seeds = sorted({s for _, s in found})
     results, configs = {}, {}
     for (r, s), path in sorted(found.items()):

@@ -7,6 +7,7 @@ import glob
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,9 +21,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the reposi
 sys.path.insert(0, ROOT)
 
 from configurator import die  # noqa: E402
+import batches  # noqa: E402
 import checkpoint  # noqa: E402
 import configurator  # noqa: E402
 from checkpoint import load_model, write_atomically  # noqa: E402,F401  (load_model: the experiments' import)
+from model import GPTConfig  # noqa: E402
 
 
 # -----------------------------------------------------------------------------
@@ -335,7 +338,7 @@ PREPARE = {"stdlib_dense": "python data/stdlib/prepare.py --repeat 1 --out_dir d
 
 
 def prepare_command(dataset):
-    return PREPARE.get(dataset, f"python data/{dataset}/prepare.py")
+    return PREPARE.get(dataset, f"python {shlex.quote(os.path.join('data', dataset, 'prepare.py'))}")
 
 
 def parse_list(text, kind, flag=""):
@@ -353,7 +356,9 @@ def parse_list(text, kind, flag=""):
 def apply_set(settings, pairs, fixed, hint):
     """settings updated by --set KEY=VALUE pairs; a one-line exit for a malformed pair, a key in
     fixed (chosen per run by the comparison; hint names the options that choose it), or a key or
-    value train.py would refuse as a flag (checked here, before anything is written)."""
+    value train.py would refuse: its type (as a flag), its range, the model's shape, MEAP's and
+    fine-tuning's settings, the device and dtype, by train.py's own checks. All before anything is
+    written."""
     settings = dict(settings)
     defaults = configurator.read_settings(os.path.join(ROOT, "train.py"))
     for kv in pairs:
@@ -363,21 +368,68 @@ def apply_set(settings, pairs, fixed, hint):
         if k in fixed:
             die(f"--set {k} is chosen by the comparison; use {hint}")
         settings[k] = v
-    for k, v in settings.items():
-        try:
-            configurator.parse([f"--{k}={v}"], defaults)
-        except configurator.ConfigError as e:
-            die(f"--set: {e}")
+    try:
+        s = {**defaults, **configurator.parse([f"--{k}={v}" for k, v in settings.items()], defaults)}
+        configurator.check_ranges(s)
+        configurator.precision(s["device"], s["dtype"])
+        GPTConfig(block_size=s["block_size"], vocab_size=64, n_layer=s["n_layer"], n_head=s["n_head"],
+                  n_kv_head=s["n_kv_head"], n_embd=s["n_embd"], init=s["init"], emb_common=s["emb_common"])
+        batches.check_meap(s, 64) if s["sft"] == "none" else batches.check_sft(s)
+    except ValueError as e:  # (ConfigError is one)
+        die(f"--set: {e}")
     return settings
 
 
-def claim_out(out, grid):
-    """Lock the results folder `out` for this process, and write grid (its configuration) to
-    out/grid.json. A folder holds one configuration: another one is refused once a run in it has
-    a checkpoint (before that, a corrected command may replace it). One-line exit on failure."""
+RESULTS = (".json", ".md", ".png", ".pt")  # what a results folder holds besides grid.json: per-run data, reports
+
+
+def results_in(out):
+    """The files of results (RESULTS) under the folder out, grid.json aside."""
+    found = []
+    for d, _, files in os.walk(out):
+        found += [os.path.join(d, f) for f in files if f.endswith(RESULTS) and not checkpoint.is_temp(f)
+                  and os.path.join(d, f) != os.path.join(out, "grid.json")]
+    return sorted(found)
+
+
+def claim_out(out, grid, planned=None, key="mask_ratio", overwrite=False):
+    """Lock the results folder `out` for this process and write grid (its configuration) to
+    out/grid.json, after two checks that keep results safe (a one-line exit, nothing written):
+    - a folder holds one configuration: another is refused once the folder holds any results
+      (before that, a corrected command may replace it);
+    - planned, {(row, seed): the file that marks that run finished}, names the runs this command
+      trains unless their file is there; one that out/runs.json already records (a committed
+      result, on a fresh clone) is refused unless overwrite."""
     checkpoint.claim_or_die(out, "out")
     cfg_path = os.path.join(out, "grid.json")
-    trained = glob.glob(os.path.join(out, "**", "ckpt.pt"), recursive=True)
-    if os.path.exists(cfg_path) and read_json(cfg_path) != grid and trained:
-        die(f"{out} holds runs trained with other settings ({cfg_path}); use a new --out")
+    old = read_json_or_die(cfg_path) if os.path.exists(cfg_path) else None
+    if old is not None and old != grid and results_in(out):
+        changed = sorted(k for k in set(old) | set(grid) if old.get(k) != grid.get(k))
+        die(f"{out} holds results of other settings ({cfg_path}: {', '.join(changed)} differ); "
+            f"give a new --out (nothing there is replaced)")
+    runs_path = os.path.join(out, "runs.json")
+    if planned and os.path.exists(runs_path) and not overwrite:
+        recorded = {(run.get(key), run.get("seed")) for run in read_json_or_die(runs_path).get("runs", [])}
+        again = [f"{row} seed {seed}" for (row, seed), done in planned.items()
+                 if (row, seed) in recorded and not os.path.exists(done)]
+        if again:
+            die(f"{runs_path} already records {len(again)} of these runs ({', '.join(again[:3])}"
+                f"{', ...' if len(again) > 3 else ''}) whose run folders are not here (a fresh clone?); "
+                f"--report {out} rewrites the report from them, --overwrite trains them again and replaces "
+                f"their records, or give a new --out")
     write_json(cfg_path, grid)
+
+
+def keep_result(path, overwrite):
+    """A one-line exit if path (a script's result file) exists and overwrite is not set."""
+    if os.path.exists(path) and not overwrite:
+        die(f"{path} already holds an earlier result; --overwrite replaces it (or copy it away first)")
+
+
+def read_json_or_die(path):
+    """The JSON at path, or a one-line exit naming it."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError) as e:
+        die(f"cannot read {path} ({getattr(e, 'strerror', None) or str(e).splitlines()[0][:80]}); "
+            f"restore it (git checkout) or give another folder")

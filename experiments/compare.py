@@ -309,6 +309,8 @@ def main(argv=None):
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.py settings for every run")
     ap.add_argument("--against", default=None, metavar="DIR",
                     help="also report this grid minus the grid in DIR, ratio by ratio, paired by seed")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="train again, and replace in runs.json, runs it records whose folders are gone")
     ap.add_argument("--report", default=None, metavar="DIR",
                     help="only rewrite DIR/results.md and results.png from DIR/runs.json (no training)")
     ap.error = lambda msg: die(f"{msg} (python experiments/compare.py --help lists the options)")
@@ -337,7 +339,9 @@ def main(argv=None):
         die(f"--against {args.against}: no runs.json there; give a folder compare.py wrote")
     if not all(0 <= r < 1 for r in ratios) or min(seeds) < 0:
         die(f"need --ratios in [0, 1) and --seeds >= 0 (got {ratios} and {seeds})")
-    claim_out(out, {"settings": {k: str(v) for k, v in settings.items()}, "examples": examples})
+    planned = {(r, s): os.path.join(out, "runs", run_name(r, s), "suite.json") for r in ratios for s in seeds}
+    claim_out(out, {"settings": {k: str(v) for k, v in settings.items()}, "examples": examples}, planned,
+              overwrite=args.overwrite)
 
     n = len(ratios) * len(seeds)
     print(f"compare: {n} runs ({len(ratios)} mask ratios x {len(seeds)} seeds), {jobs} at a time, in {out}")

@@ -230,6 +230,8 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=None, help="runs at a time")
     ap.add_argument("--examples", type=int, default=None, help="held-out questions per run (over all positions)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.py settings for every SFT run")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="train again, and replace in runs.json, runs it records whose folders are gone")
     ap.add_argument("--report", default=None, metavar="DIR",
                     help="only rewrite DIR/results.md and results.png from DIR/runs.json (no training)")
     ap.error = lambda msg: die(f"{msg} (python experiments/compare_sft.py --help lists the options)")
@@ -260,8 +262,10 @@ def main(argv=None):
     if min(seeds) < 0:
         die(f"--seeds must be >= 0, got {args.seeds}")
     out = args.out or os.path.join("results", f"sft-{args.preset}")
+    planned = {(arm, s): os.path.join(out, "runs", f"{arm}_s{s}", "sft.json") for arm in arms for s in seeds}
+    planned.update({("base", s): os.path.join(out, "base", "sft.json") for s in seeds})
     claim_out(out, {"base": {k: str(v) for k, v in p["base"].items()}, "sft": {k: str(v) for k, v in settings.items()},
-                    "mask_ratio": ratio, "examples": examples})
+                    "mask_ratio": ratio, "examples": examples}, planned, key="arm", overwrite=args.overwrite)
 
     print(f"compare_sft: a base, then {len(arms) * len(seeds)} fine-tuning runs ({', '.join(arms)} x seeds "
           f"{', '.join(map(str, seeds))}), {jobs} at a time, in {out}", flush=True)

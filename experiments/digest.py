@@ -40,9 +40,9 @@ def load(folder):
     """{(row, seed): run} of results/folder: its attention.json for "FOLDER/attention", its
     runs.json otherwise (rows are mask ratios, or fine-tuning arms)."""
     if folder.endswith("/attention"):
-        data = common.read_json(os.path.join(RESULTS, folder[:-len("/attention")], "attention.json"))
+        data = common.read_json_or_die(os.path.join(RESULTS, folder[:-len("/attention")], "attention.json"))
         return {(run["mask_ratio"], run["seed"]): run for run in data["runs"]}
-    data = common.read_json(os.path.join(RESULTS, folder, "runs.json"))
+    data = common.read_json_or_die(os.path.join(RESULTS, folder, "runs.json"))
     key = "arm" if "arm" in data["runs"][0] else "mask_ratio"
     runs = {(run[key], run["seed"]): run for run in data["runs"]}
     return text.add_shortest_gap(runs) if "passkey_grid" in data["runs"][0] else runs  # a text.py grid
@@ -273,8 +273,11 @@ def attention_table():
 
 def table_of(name):
     """The markdown table lines of a committed file under results/ (e.g. bench.py's --out)."""
-    with open(os.path.join(RESULTS, name)) as f:
-        return [line for line in f if line.startswith("|")]
+    try:
+        with open(os.path.join(RESULTS, name)) as f:
+            return [line for line in f if line.startswith("|")]
+    except OSError as e:
+        die(f"cannot read {os.path.join(RESULTS, name)} ({e.strerror}); restore it (git checkout)")
 
 
 REFERENCE_RUNS = (("reference-cpu.md", "eager, 2 threads"), ("reference-cpu-1-thread.md", "eager, 1 thread"),
@@ -365,10 +368,8 @@ def render(md):
     return BLOCK.sub(fill, md)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="Rewrite results/README.md's summary tables from the per-run data.")
-    ap.add_argument("--check", action="store_true", help="only check that they are up to date (exit 1 if not)")
-    args = ap.parse_args(argv)
+def digest(check):
+    """Rewrite (or, with check, only compare) the digest blocks of FILES from the data."""
     stale = []
     for name in FILES:
         path = os.path.join(common.ROOT, name)
@@ -376,12 +377,23 @@ def main(argv=None):
         new = render(md)
         if new != md:
             stale.append(name)
-            if not args.check:
+            if not check:
                 common.write_text(path, new)
-    if args.check and stale:
+    if check and stale:
         die(f"the tables of {' and '.join(stale)} are stale; run python experiments/digest.py")
-    print(("rewrote the tables of " + " and ".join(stale)) if stale and not args.check else
+    print(("rewrote the tables of " + " and ".join(stale)) if stale and not check else
           "the tables of " + " and ".join(FILES) + " are up to date")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Rewrite results/README.md's summary tables from the per-run data.")
+    ap.add_argument("--check", action="store_true", help="only check that they are up to date (exit 1 if not)")
+    ap.error = lambda msg: die(f"{msg} (python experiments/digest.py --help lists the options)")
+    args = ap.parse_args(argv)
+    try:
+        digest(args.check)
+    except (KeyError, IndexError, TypeError) as e:  # a per-run file without what its table reads
+        die(f"a results file lacks what its table reads ({type(e).__name__}: {e}); restore results/ (git checkout)")
 
 
 if __name__ == "__main__":

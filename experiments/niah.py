@@ -19,6 +19,7 @@ length grid and writes OUT_DIR/niah.json and OUT_DIR/niah.png (the familiar heat
 import argparse
 import os
 import re
+import shlex
 import sys
 
 import numpy as np
@@ -29,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from configurator import die  # noqa: E402
 import checkpoint  # noqa: E402
 import configurator  # noqa: E402
-from experiments.common import parse_list, save_png, write_json  # noqa: E402
+from experiments.common import keep_result, parse_list, save_png, write_json  # noqa: E402
 from experiments.probes import needle_prompt  # noqa: E402
 from tokenizer import for_meta  # noqa: E402
 
@@ -103,9 +104,11 @@ def main(argv=None):
     ap.add_argument("--trials", type=int, default=20, help="prompts per cell")
     ap.add_argument("--seed", type=int, default=0, help="seeds the numbers and the haystack offsets")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    ap.add_argument("--overwrite", action="store_true", help="replace the niah.json of an earlier run of this script")
     ap.error = lambda msg: die(f"{msg} (python experiments/niah.py --help lists the options)")
     args = ap.parse_args(argv)
 
+    keep_result(os.path.join(args.out_dir, "niah.json"), args.overwrite)
     path = os.path.join(args.out_dir, "ckpt.pt")
     if not os.path.exists(path):
         die(f"no checkpoint at {path}; train one first (python train.py config/shakespeare_cpu.py)")
@@ -123,7 +126,7 @@ def main(argv=None):
     val = os.path.join(data_dir, "val.bin")
     if not os.path.exists(val):
         die(f"{val} not found: the haystack is the checkpoint's held-out text; "
-                         f"prepare it with python {os.path.join(data_dir, 'prepare.py')}")
+                         f"prepare it with python {shlex.quote(os.path.join(data_dir, 'prepare.py'))}")
     T = ckpt["model_args"]["block_size"]
     try:
         tok = for_meta(meta)

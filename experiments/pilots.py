@@ -28,7 +28,7 @@ from configurator import die  # noqa: E402
 from batches import VAL_SEED  # noqa: E402
 from experiments import probes  # noqa: E402
 from experiments.common import (claim_out, in_parallel, interrupted, parse_list, prepare_command,  # noqa: E402
-                                read_json, train, write_json, write_text)
+                                read_json, read_json_or_die, train, write_json, write_text)
 
 SEED = [VAL_SEED, probes.TEXT_PROBES]  # the probes' held-out draws, as text.py's
 SPAN = 16  # tokens of the repeated span
@@ -78,7 +78,7 @@ def run_pilot(out, name, stages, threads):
     probe each stage into out/name.json; returns its data."""
     path = os.path.join(out, f"{name}.json")
     what, extra = PILOTS[name]
-    data = read_json(path) if os.path.exists(path) else {"pilot": name, "what": what, "settings": {**BASE, **extra},
+    data = read_json_or_die(path) if os.path.exists(path) else {"pilot": name, "what": what, "settings": {**BASE, **extra},
                                                           "stages": []}
     done = {st["step"] for st in data["stages"]}
     run_dir = os.path.join(out, "runs", name)
@@ -99,9 +99,10 @@ def run_pilot(out, name, stages, threads):
 
 def report(out):
     """out/results.md from out/*.json: one table row per pilot and stage, and each pilot's verdict."""
-    pilots = [read_json(os.path.join(out, f"{n}.json")) for n in PILOTS if os.path.exists(os.path.join(out, f"{n}.json"))]
+    pilots = [read_json_or_die(os.path.join(out, f"{n}.json")) for n in PILOTS if os.path.exists(os.path.join(out, f"{n}.json"))]
+    pilots = [p for p in pilots if isinstance(p, dict) and p.get("stages")]  # (a pilot not yet probed once: none to show)
     if not pilots:
-        die(f"{out} holds no pilot data (NAME.json); run the pilots first")
+        die(f"{out} holds no probed pilot stage (NAME.json); run the pilots first")
     gaps = list(pilots[0]["stages"][0]["copying"]["random"])
     head = ("| pilot | step | tokens | clean val loss | previous-token share, per layer | "
             + " | ".join(f"{kind} span, gap {g}: 1st / 2nd" for kind in probes.KINDS for g in gaps) + " |\n")
@@ -165,15 +166,21 @@ def main(argv=None):
     ap.error = lambda msg: die(f"{msg} (python experiments/pilots.py --help lists the options)")
     args = ap.parse_args(argv)
     if args.report:
-        print(report(args.report), end="")
+        try:
+            print(report(args.report), end="")
+        except (KeyError, TypeError, IndexError, AttributeError) as e:
+            die(f"{args.report}: a pilot file lacks what pilots.py writes ({type(e).__name__}: {e}); restore it "
+                f"(git checkout) or run the pilot again")
         print(f"wrote {args.report}/results.md")
         return
     names = parse_list(args.only, str) if args.only else tuple(PILOTS)
     stages = parse_list(args.stages, int) if args.stages else STAGES
     unknown = [n for n in names if n not in PILOTS]
-    if unknown or list(stages) != sorted(set(stages)) or stages[0] < 1 or args.jobs < 1:
-        die(f"need pilots among {', '.join(PILOTS)} (got {', '.join(unknown) or 'those'}), "
-                         f"increasing --stages >= 1 and --jobs >= 1")
+    if unknown:
+        die(f"unknown pilot(s) {', '.join(unknown)}; --only takes names among {', '.join(PILOTS)}")
+    if list(stages) != sorted(set(stages)) or stages[0] < 1 or args.jobs < 1:
+        die(f"need increasing --stages >= 1 and --jobs >= 1 (got --stages {','.join(map(str, stages))} "
+            f"and --jobs {args.jobs})")
     for n in names:
         data = os.path.join("data", PILOTS[n][1]["dataset"], "train.bin")
         if not os.path.exists(data):

@@ -36,7 +36,7 @@ from configurator import die  # noqa: E402
 import checkpoint  # noqa: E402
 import configurator  # noqa: E402
 from batches import torch_generator  # noqa: E402
-from experiments.common import write_json  # noqa: E402
+from experiments.common import keep_result, write_json  # noqa: E402
 from tokenizer import for_meta  # noqa: E402
 
 TEXT_PROBES = 13  # with batches.VAL_SEED: the random stream of text.py's and pilots.py's probes
@@ -221,9 +221,11 @@ def main(argv=None):
     ap.add_argument("--depths", default="0,0.5,1", help="passkey: comma-separated needle depths in [0, 1]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    ap.add_argument("--overwrite", action="store_true", help="replace the probes.json of an earlier run of this script")
     ap.error = lambda msg: die(f"{msg} (python experiments/probes.py --help lists the options)")
     args = ap.parse_args(argv)
     try:
+        keep_result(os.path.join(args.out_dir, "probes.json"), args.overwrite)
         model, tok, haystack, ckpt = load(args.out_dir, args.device)
         checkpoint.check_writable(args.out_dir)
         depths = [float(d) for d in args.depths.split(",")]

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from configurator import die  # noqa: E402
 from batches import VAL_SEED  # noqa: E402
 from experiments import probes  # noqa: E402
-from experiments.common import (apply_set, claim_out, grid_runs, interrupted, load_runs, mean_sd,  # noqa: E402
+from experiments.common import (apply_set, claim_out, grid_runs, interrupted, load_runs, mean_sd, run_name,  # noqa: E402
                                 parse_list, prepare_command, read_json, record_runs, save_png, seeds_of, summary, train,
                                 VERDICTS, within, write_json, write_text)
 from experiments.compare import MEAP_DEFAULTS  # noqa: E402
@@ -267,6 +267,8 @@ def main(argv=None):
     ap.add_argument("--stages", default=None, help="comma-separated steps at which to probe; the last is the run's length")
     ap.add_argument("--examples", type=int, default=None, help="probe sequences per gap, passkey trials per cell")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.py settings for every run")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="train again, and replace in runs.json, runs it records whose folders are gone")
     ap.add_argument("--report", default=None, metavar="DIR", help="only rewrite DIR's report from DIR/runs.json")
     ap.error = lambda msg: die(f"{msg} (python experiments/text.py --help lists the options)")
     args = ap.parse_args(argv)
@@ -297,7 +299,9 @@ def main(argv=None):
         die(f"block_size {settings['block_size']} is too short for the copying probe "
                          f"(at least {probes.LEAD + 2 * SPAN + 16})")
     out = args.out or os.path.join("results", f"text-{args.preset}")
-    claim_out(out, {"settings": {k: str(v) for k, v in settings.items()}, "stages": list(stages), "examples": examples})
+    planned = {(r, s): os.path.join(out, "runs", run_name(r, s), "suite.json") for r in ratios for s in seeds}
+    claim_out(out, {"settings": {k: str(v) for k, v in settings.items()}, "stages": list(stages), "examples": examples},
+              planned, overwrite=args.overwrite)
     print(f"text: {len(ratios) * len(seeds)} runs ({len(ratios)} mask ratios x {len(seeds)} seeds), "
           f"{p['jobs']} at a time, in {out}")
     t0 = time.time()

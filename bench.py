@@ -49,6 +49,7 @@ reference = ""  # a folder with another model.py (a nanoGPT checkout): time its 
 out = ""  # also write the table to this file (e.g. results/bench/cpu.md), headed by the command, commit and date
 # -----------------------------------------------------------------------------
 configurator.apply(sys.argv[1:], globals())
+configurator.exit_on_ctrl_c("no table was written")
 
 train_defaults = configurator.read_settings("train.py")  # the default run, straight from train.py
 CONFIGS = {

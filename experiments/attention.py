@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 from configurator import die  # noqa: E402
+import configurator  # noqa: E402
 import checkpoint  # noqa: E402
 import tasks  # noqa: E402
 from batches import VAL_SEED, torch_generator  # noqa: E402
@@ -374,4 +375,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    configurator.exit_on_ctrl_c("attention.json is written only at the end: nothing was")
     main()

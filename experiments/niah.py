@@ -167,4 +167,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    configurator.exit_on_ctrl_c("niah.json is written only at the end: nothing was")
     main()

@@ -371,6 +371,15 @@ def test_5_a_full_disk_or_a_second_export_is_one_line_and_leaves_nothing(tmp_pat
     one_line(run_inprocess("export.py", "--out_dir", str(tmp_path / "run"), "--to", str(dst)),
              f"--to {dst} appeared while this export ran (another export?); it is left as it is")
     assert (dst / "config.json").read_text() == "the other export's" and not temps(tmp_path)
+    monkeypatch.undo()
+    assert run_inprocess("export.py", "--out_dir", str(tmp_path / "run"), "--to", str(tmp_path / "hf2"))[0] == 0
+
+    def full_disk(obj, path, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", full_disk)  # the import's one write
+    one_line(run_inprocess("export.py", "--from", str(tmp_path / "hf2"), "--to", str(tmp_path / "back")),
+             f"--to: could not write {tmp_path}/back: the disk is full")
+    assert not os.path.exists(tmp_path / "back") and not temps(tmp_path)
 
 
 @needs_hf

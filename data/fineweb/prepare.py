@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from checkpoint import write_atomically  # noqa: E402
+import configurator  # noqa: E402
 from configurator import die  # noqa: E402
 from tokenizer import get_tokenizer, write_meta  # noqa: E402
 
@@ -100,4 +101,5 @@ def main():
 
 
 if __name__ == "__main__":
+    configurator.exit_on_ctrl_c("the files written so far are whole; run it again to write them all")
     main()

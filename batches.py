@@ -13,7 +13,6 @@ the MEAP line stays visible there.
 import functools
 import math
 import os
-import pickle
 import shlex
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 from mask import (IGNORE, meap_inputs, num_masked, sample_mask, sft_meap_concat, sft_meap_separate, sft_ntp,
                   shared_seed)
 from tasks import MASK_ID, make_batch, qa, qa_examples
+from tokenizer import read_meta
 
 
 # -----------------------------------------------------------------------------
@@ -159,11 +159,11 @@ class Batches:
         d, T = self.data_dir, self.cfg["block_size"]
         for split in ("train", "val"):
             if not os.path.exists(os.path.join(d, f"{split}.bin")):
-                raise ValueError(f"{d}/{split}.bin not found; prepare it with: python {shlex.quote(d)}/prepare.py")
-        meta = {"kind": "gpt2", "vocab_size": 50257}  # nanoGPT's convention when there is no meta.pkl
-        if os.path.exists(os.path.join(d, "meta.pkl")):
-            with open(os.path.join(d, "meta.pkl"), "rb") as f:
-                meta = {"kind": "meta", **pickle.load(f)}
+                script = os.path.join(d, "prepare.py")
+                how = (f"python {shlex.quote(script)}" if os.path.isfile(script) else
+                       f"a data/*/prepare.py script with --out_dir {shlex.quote(d)}")
+                raise ValueError(f"{d}/{split}.bin not found; prepare it with {how}")
+        meta = read_meta(d)  # GPT-2's where there is no meta.pkl, as nanoGPT
         for split in ("train", "val"):  # long enough, and ids that fit the vocabulary (first 10M tokens)
             data = np.memmap(os.path.join(d, f"{split}.bin"), dtype=np.uint16, mode="r")
             if len(data) < T + 2:

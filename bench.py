@@ -26,15 +26,17 @@ import statistics
 import sys
 import time
 
-import numpy as np
-import torch
+import configurator  # before torch: Ctrl-C while the libraries load is one line too
+configurator.exit_on_ctrl_c("no table was written")
 
-import checkpoint
-import configurator
-from configurator import die
-import tasks
-from mask import meap_inputs
-from model import GPT, GPTConfig
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import checkpoint  # noqa: E402
+from configurator import die  # noqa: E402
+import tasks  # noqa: E402
+from mask import meap_inputs  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 # -----------------------------------------------------------------------------
 configs = "default,larger,gpt2"  # comma-separated names from CONFIGS below; gpt2 runs on CUDA only
@@ -49,7 +51,6 @@ reference = ""  # a folder with another model.py (a nanoGPT checkout): time its 
 out = ""  # also write the table to this file (e.g. results/bench/cpu.md), headed by the command, commit and date
 # -----------------------------------------------------------------------------
 configurator.apply(sys.argv[1:], globals())
-configurator.exit_on_ctrl_c("no table was written")
 
 train_defaults = configurator.read_settings("train.py")  # the default run, straight from train.py
 CONFIGS = {

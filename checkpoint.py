@@ -18,7 +18,7 @@ and the experiments all go through here):
 - claim(folder), or claim_or_die(folder, flag) in a script: one run per folder. Creates the folder, locks it for this process (released at
   exit; a second run is refused while the first lives, and a lock left by a killed run is taken
   over with a note), and removes the temporaries that killed processes left in it.
-The lock is an fcntl lock on folder/lock (Linux, macOS), which holds the owner's pid: the kernel
+The lock is an fcntl lock on folder/.nanomeap-lock (Linux, macOS), which holds the owner's pid: the kernel
 drops the lock when its process dies, however it dies, so a lock file is stale exactly when nobody
 holds it, and a clean exit removes the file. Without fcntl (Windows) folders are not locked.
 """
@@ -45,13 +45,24 @@ except ImportError:  # Windows
 # Temporary files and folders are named `.NAME.PID.RANDOM.nanomeap-tmp` beside NAME: created
 # exclusively (mkstemp, mkdtemp), so never a file a user already has; removed only by the process
 # that made them, or, once that process (PID) is dead, by the next write to NAME or claim of the folder.
+# No run, export or dataset may itself be given such a name (reserved()).
 TMP_SUFFIX = ".nanomeap-tmp"
-_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}" + re.escape(TMP_SUFFIX) + "$")
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d{1,10})\.[a-z0-9_]{8}" + re.escape(TMP_SUFFIX) + "$")
+_NAME_MAX = 180  # of NAME in a temporary's name: room for the rest within a file system's 255
 
 
 def is_temp(name):
     """Whether a file name is one of our temporaries (see TMP_SUFFIX)."""
     return bool(_TMP.match(os.path.basename(name)))
+
+
+def reserved(path):
+    """ValueError if path names one of our temporaries or the lock: names no run, export or
+    dataset may take, since a later write or claim could remove them."""
+    base = os.path.basename(os.path.normpath(path))
+    if is_temp(base) or base == LOCK:
+        raise ValueError(f"{path}: names like {base!r} are nanoMEAP's own (temporary files, the lock); "
+                         f"choose another name")
 
 
 def _alive(pid):
@@ -61,7 +72,7 @@ def _alive(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # it exists, and belongs to someone else
+    except (OSError, OverflowError):  # it exists and is someone else's; or no pid at all: keep it
         return True
     return True
 
@@ -76,7 +87,7 @@ def clear_stale_temps(folder, name=None):
         return 0
     for entry in entries:
         m = _TMP.match(entry)
-        if not m or (name is not None and m["name"] != name) or _alive(int(m["pid"])):
+        if not m or (name is not None and m["name"] != name[:_NAME_MAX]) or _alive(int(m["pid"])):
             continue
         path = os.path.join(folder, entry)
         try:
@@ -97,7 +108,7 @@ def _new_temp(path, folder):
     """A new, empty temporary file (or folder) of this process's own beside path; its name."""
     where, name = os.path.split(path)
     clear_stale_temps(where, name)
-    prefix = f".{name}.{os.getpid()}."
+    prefix = f".{name[:_NAME_MAX]}.{os.getpid()}."
     if folder:
         return tempfile.mkdtemp(prefix=prefix, suffix=TMP_SUFFIX, dir=where)
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=TMP_SUFFIX, dir=where)
@@ -106,10 +117,13 @@ def _new_temp(path, folder):
 
 
 def _discard(tmp):
-    if os.path.isdir(tmp) and not os.path.islink(tmp):
-        shutil.rmtree(tmp, ignore_errors=True)
-    elif os.path.lexists(tmp):
-        os.remove(tmp)
+    try:
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.lexists(tmp):
+            os.remove(tmp)
+    except OSError:  # (a read-only folder: nothing could be written there either)
+        pass
 
 
 def write_atomically(path, write, folder=False):
@@ -123,9 +137,11 @@ def write_atomically(path, write, folder=False):
 
 def write_all_atomically(writes, folder=False):
     """write_atomically for several paths at once ({path: write}): every one is written to its
-    temporary first, and only then are they renamed, so a failure (or Ctrl-C) while writing leaves
-    all of them as they were: a dataset's files are never half old and half new."""
-    temps = {}
+    temporary first, and only then renamed into place; if a rename fails, those already done are
+    undone from a hard link (a copy where links are not supported) of the old file kept beside it.
+    So a failure or Ctrl-C leaves all of them as they were, and a kill leaves each one old or new,
+    none missing: a dataset's files are never half old and half new but for a kill in that instant."""
+    temps, backups, done, path = {}, {}, [], None
     try:
         for path, write in writes.items():
             path = os.path.abspath(path)
@@ -138,11 +154,28 @@ def write_all_atomically(writes, folder=False):
         for path, tmp in temps.items():
             if folder and os.path.lexists(path):  # (os.replace would put a folder over an empty one)
                 raise FileExistsError(17, "File exists", path)
+            if len(temps) > 1 and os.path.isfile(path):  # the old file, to undo this rename with
+                backups[path] = backup = _new_temp(path, False)
+                try:
+                    os.remove(backup)
+                    os.link(path, backup)
+                except OSError:
+                    shutil.copy2(path, backup)
             os.replace(tmp, path)
-    except BaseException:
-        for tmp in temps.values():
+            done.append(path)
+    except BaseException as e:
+        for old in done:  # undo
+            try:
+                os.replace(backups[old], old) if old in backups else os.remove(old)
+            except OSError:
+                pass
+        for tmp in list(temps.values()) + list(backups.values()):
             _discard(tmp)
+        if isinstance(e, OSError) and path:
+            e.filename = path  # the file that failed, not its temporary (for the message)
         raise
+    for backup in backups.values():
+        _discard(backup)
 
 
 def all_finite(state_dict):
@@ -194,10 +227,15 @@ def load_checkpoint(path):
     return ckpt
 
 
+def is_hf_export(folder):
+    """Whether folder holds a Hugging Face model (export.py's, or any), not a train.py run."""
+    return os.path.isfile(os.path.join(folder, "config.json")) and not os.path.exists(os.path.join(folder, "ckpt.pt"))
+
+
 def hf_export_hint(folder, flag):
     """The one line for a flag that names a Hugging Face folder (export.py's) where a train.py run
     is expected, or None if folder is not one."""
-    if not os.path.isfile(os.path.join(folder, "config.json")) or os.path.exists(os.path.join(folder, "ckpt.pt")):
+    if not is_hf_export(folder):
         return None
     return (f"{flag} {folder} is a Hugging Face folder, not a train.py run: bring it back first with python export.py "
             f"--from {shlex.quote(folder)} --to NEW_FOLDER, then give NEW_FOLDER")
@@ -251,28 +289,60 @@ def check_whole(ckpt, where):
     return model
 
 
+def settings(ckpt):
+    """The train.py settings a loaded checkpoint was trained with, each of its default's type (the
+    default where the checkpoint predates a setting); ValueError (one line) if one is not (an edited
+    checkpoint)."""
+    from configurator import ConfigError, convert, read_settings
+    defaults = read_settings(os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"))
+    saved = ckpt.get("config")
+    if not isinstance(saved, dict):
+        raise ValueError("its settings (config) are not a dict: not a train.py checkpoint")
+    try:
+        return {**defaults, **{k: convert(k, v, defaults[k]) if k in defaults else v for k, v in saved.items()}}
+    except ConfigError as e:
+        raise ValueError(f"its saved setting {e} (an edited checkpoint?)") from None
+
+
 def load_model(path, device="cpu"):
     """(model, settings, step) of a checkpoint (a ckpt.pt or its folder): the model in eval mode,
-    the train.py settings it was trained with, and its iteration. ValueError (one line) if not."""
+    the train.py settings it was trained with (settings()), and its iteration. ValueError (one
+    line) if not."""
     ckpt = load_checkpoint(path)
-    return model_of(ckpt, device), ckpt["config"], ckpt["iter_num"]
+    try:
+        return model_of(ckpt, device), settings(ckpt), int(ckpt.get("iter_num", 0))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def truncate_log(path, before):
     """Keep the rows of the JSON-lines log at path (train.py's metrics.jsonl) whose "iter" is below
-    before, and drop the rest: a resumed run writes them again. Returns how many half-written lines
-    (a run killed mid-write) were dropped."""
+    before, and drop the rest: a resumed run writes them again. Returns how many half-written last
+    lines (a run killed mid-write) were dropped. ValueError (one line) if path holds anything but
+    train.py's rows: it is then someone else's file, and left as it is."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, not train.py's log; move it away, or use another --out_dir")
     kept, torn = [], 0
     if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    if json.loads(line)["iter"] < before:
-                        kept.append(line)
-                except ValueError:
+        with open(path, "rb") as f:
+            lines = f.read().decode("utf-8", errors="replace").splitlines(keepends=True)
+        for i, line in enumerate(lines):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                if i == len(lines) - 1 and not line.endswith("\n"):  # cut short by a kill: ours, half-written
                     torn += 1
-    with open(path, "w") as f:
-        f.writelines(kept)
+                    continue
+                row = None
+            if not isinstance(row, dict) or type(row.get("iter")) is not int:
+                raise ValueError(f"{path} holds lines that are not train.py's (line {i + 1}); move it away, "
+                                 f"or use another --out_dir")
+            if row["iter"] < before:
+                kept.append(line)
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+    write_atomically(path, write)
     return torn
 
 
@@ -289,6 +359,7 @@ def check_writable(folder):
         raise OSError(f"cannot write to {folder} ({e.strerror})") from None
 
 
+LOCK = ".nanomeap-lock"  # the lock file's name in a claimed folder (a name no user file has)
 _held = {}  # folder -> the open lock file of a folder this process has claimed
 
 
@@ -299,8 +370,9 @@ def claim(folder):
     folder = os.path.abspath(folder)
     if folder in _held:
         return None
+    reserved(folder)
     check_writable(folder)
-    lock_path = os.path.join(folder, "lock")
+    lock_path = os.path.join(folder, LOCK)
     while True:
         try:
             f = open(lock_path, "a+")
@@ -324,6 +396,9 @@ def claim(folder):
         f.close()
     f.seek(0)
     owner = f.read().strip()
+    if owner and not owner.isdigit():
+        f.close()
+        raise ValueError(f"{lock_path} is not a nanoMEAP lock (it holds other text); move it away")
     note = None
     if owner and fcntl is not None:  # nobody holds the lock, yet a pid is written: its run was killed
         note = f"{lock_path}: the run of pid {owner} ended without releasing it (killed?); taking it over"
@@ -354,7 +429,7 @@ def release(folder=None):
         f = _held.pop(held, None)
         if f is not None:
             try:
-                os.remove(os.path.join(held, "lock"))  # while still locked: no one else's file
+                os.remove(os.path.join(held, LOCK))  # while still locked: no one else's file
             except OSError:
                 pass  # the folder was removed under us: nothing left to release
             f.close()

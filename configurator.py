@@ -25,7 +25,6 @@ import time
 from contextlib import nullcontext
 from types import SimpleNamespace
 
-import torch
 
 
 class ConfigError(ValueError):
@@ -144,6 +143,7 @@ def check_memory(model_config, tokens, device):
     GPTConfig) on `tokens` tokens per micro-step needs at the very least: float32 weights, gradients
     and AdamW's two moments (16 bytes a parameter), the RoPE tables, and the logits with their
     gradient. A floor, not an estimate: what passes may still run out, what fails cannot run."""
+    import torch  # (not at the top: see exit_on_ctrl_c)
     import dataclasses
     from model import GPT
     with torch.device("meta"):  # sizes without memory; two layers' worth, so n_layer costs nothing
@@ -181,8 +181,14 @@ def die(msg, code=1):
 def exit_on_ctrl_c(what):
     """From now on Ctrl-C ends the script with one line, `error: interrupted; what`, and exit code
     130. The exit unwinds like an exception, so a file half-written at that moment is removed (see
-    checkpoint.write_atomically) and what was there before is left as it was."""
+    checkpoint.write_atomically) and what was there before is left as it was. Scripts call it
+    before they import torch (this module does not), so that Ctrl-C while it loads is one line too."""
     signal.signal(signal.SIGINT, lambda signum, frame: die(f"interrupted; {what}", 130))
+
+
+def ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt again (Python's default), for code that handles it itself."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def work_done():
@@ -194,6 +200,7 @@ def work_done():
 def pick_device(name):
     """The device a script runs on: 'auto' picks cuda, then mps, then cpu; an explicit one must
     exist here. ConfigError (one line) otherwise."""
+    import torch  # (not at the top: see exit_on_ctrl_c)
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     try:
@@ -216,6 +223,7 @@ def precision(device, dtype):
     ('auto': bfloat16 on CUDA, float16 on GPUs without bf16, float32 elsewhere), the autocast
     context for the forward pass (none in float32), and a gradient scaler, active only in float16
     (bf16 and fp32 have fp32's range). ConfigError (one line) on a bad device or dtype."""
+    import torch  # (not at the top: see exit_on_ctrl_c)
     if dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise ConfigError(f"--dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
     device = pick_device(device)
@@ -234,6 +242,7 @@ def precision(device, dtype):
 def to_device(device, *tensors):
     """The tensors on device; on CUDA copied from pinned memory without waiting, so that the copy
     overlaps with the computation already queued."""
+    import torch  # (not at the top: see exit_on_ctrl_c)
     if torch.device(device).type == "cuda":
         return [t.pin_memory().to(device, non_blocking=True) for t in tensors]
     return [t.to(device) for t in tensors]

@@ -29,16 +29,20 @@ import shlex
 import sys
 import tempfile
 
-import torch
+import configurator  # before torch: Ctrl-C while the libraries load is one line too
+if __name__ == "__main__":
+    configurator.exit_on_ctrl_c("nothing was written")
 
-import checkpoint
-import configurator
-import tasks
-import tokenizer
-from configurator import die
-from model import GPTConfig
+import torch  # noqa: E402
+
+import checkpoint  # noqa: E402
+import tasks  # noqa: E402
+import tokenizer  # noqa: E402
+from configurator import die  # noqa: E402
+from model import GPTConfig  # noqa: E402
 
 INSTALL = "pip install transformers safetensors"
+SHAPE = ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd")  # train.py settings config.json also holds
 
 
 def require_transformers():
@@ -175,9 +179,13 @@ def meta_from_json(meta):
 # the two directions
 
 def refuse_existing(path):
-    """One line and an exit if path exists: an export never overwrites."""
+    """One line and an exit if path exists (an export never overwrites) or is a name of ours."""
     if os.path.lexists(path):
         die(f"--to {path} already exists; give a new folder (nothing is overwritten)")
+    try:
+        checkpoint.reserved(path)
+    except ValueError as e:
+        die(f"--to {e}")
 
 
 def write_folder(dst, write):
@@ -204,7 +212,8 @@ def export(src, dst):
         die(e)
     cfg = GPTConfig(**ckpt["model_args"])
     mask_id, meta = ckpt["mask_token_id"], ckpt["meta"]
-    extra = {"config": ckpt["config"], "meta": meta_to_json(meta), "iter_num": ckpt.get("iter_num", 0)}
+    extra = {"config": ckpt["config"], "meta": meta_to_json(meta), "iter_num": ckpt.get("iter_num", 0),
+             "model_args": dataclasses.asdict(cfg)}  # so that the import can tell an edited config.json
     mlp_width = ckpt["model"]["blocks.0.mlp.gate_proj.weight"].shape[0]  # model.MLP's ~8/3 n_embd
     tok = hf_tokenizer(meta, mask_id)  # before writing: it may need tiktoken's files
 
@@ -278,13 +287,18 @@ def import_hf(src, dst):
     except Exception as e:  # safetensors' SafetensorError for a truncated or foreign file
         die(f"--from {src}: cannot read model.safetensors ({type(e).__name__}: {str(e).splitlines()[0][:80]}); "
             f"it may be truncated")
+    model_args = dataclasses.asdict(cfg)
+    exported = extra.get("model_args") or {k: v for k, v in extra["config"].items() if k in SHAPE}  # (older exports)
+    edited = [f"{k} {model_args[k]} (exported: {v})" for k, v in exported.items() if k in model_args and v != model_args[k]]
+    if edited:
+        die(f"--from {src}: config.json differs from the checkpoint it was exported from ({', '.join(edited)}); "
+            f"export that checkpoint again")
     want = llama_names(cfg.n_layer)
     missing, extra_keys = sorted(want - hf_sd.keys()), sorted(hf_sd.keys() - want)
     if missing or extra_keys:
         die(f"--from {src}: model.safetensors does not fit config.json's {cfg.n_layer} layers "
             f"({len(missing)} weights missing, {len(extra_keys)} more than it names: "
             f"{', '.join((missing + extra_keys)[:2])})")
-    model_args = dataclasses.asdict(cfg)
     ckpt = {"model": from_llama(hf_sd, cfg), "model_args": model_args, "config": extra["config"],
             "meta": meta_from_json(extra["meta"]), "mask_token_id": extra["mask_token_id"],
             "iter_num": extra.get("iter_num", 0)}

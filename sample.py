@@ -13,14 +13,16 @@ one. [MASK] and the vocabulary padding are never sampled.
 import os
 import sys
 
-import torch
+import configurator  # before torch: Ctrl-C while the libraries load is one line too
+configurator.exit_on_ctrl_c("stopped sampling")
 
-import batches
-import checkpoint
-import configurator
-import tasks
-import tokenizer
-from configurator import die
+import torch  # noqa: E402
+
+import batches  # noqa: E402
+import checkpoint  # noqa: E402
+import tasks  # noqa: E402
+import tokenizer  # noqa: E402
+from configurator import die  # noqa: E402
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # folder holding ckpt.pt
@@ -33,7 +35,6 @@ seed = 1337  # seeds the sampling and the choice of task prompts
 device = "auto"  # 'auto' (cuda, then mps, then cpu), or cpu, cuda, cuda:1, mps
 # -----------------------------------------------------------------------------
 configurator.apply(sys.argv[1:], globals())
-configurator.exit_on_ctrl_c("stopped sampling")
 MAX_TOKENS = 10**6
 
 if num_samples < 1 or max_new_tokens < 1:
@@ -54,9 +55,10 @@ if not os.path.exists(ckpt_path):
 try:
     ckpt = checkpoint.load_checkpoint(ckpt_path)
     model = checkpoint.check_whole(ckpt, ckpt_path).to(device)  # weights, meta, [MASK] id: all there
-except ValueError as e:  # unreadable, incomplete, or a checkpoint of another model.py
-    die(e)
-meta, mask_token_id, cfg = ckpt["meta"], ckpt["mask_token_id"], ckpt["config"]
+    cfg = checkpoint.settings(ckpt)  # the settings it was trained with (defaults for those it predates)
+except ValueError as e:  # unreadable, incomplete, edited, or a checkpoint of another model.py
+    die(e if ckpt_path in str(e) else f"{ckpt_path}: {e}")
+meta, mask_token_id = ckpt["meta"], ckpt["mask_token_id"]
 torch.manual_seed(seed)
 
 # the tokenizer the checkpoint was trained with

@@ -174,6 +174,34 @@ def describe(ident):
             f"fingerprint {ident['fingerprint']})")
 
 
+def read_meta(data_dir):
+    """A dataset folder's meta, as train.py reads it: meta.pkl's dict with "kind": "meta", or
+    GPT-2's BPE where there is no meta.pkl (nanoGPT's convention). ValueError if it is unreadable."""
+    path = os.path.join(data_dir, "meta.pkl")
+    if not os.path.exists(path):
+        return {"kind": "gpt2", "vocab_size": 50257}
+    try:
+        with open(path, "rb") as f:
+            meta = pickle.load(f)
+        if not isinstance(meta, dict) or not isinstance(meta.get("vocab_size"), int):
+            raise ValueError("no vocab_size")
+    except Exception as e:  # truncated, not a pickle, not a dict
+        raise ValueError(f"cannot read {path} as a dataset's meta ({type(e).__name__}); prepare the dataset "
+                         f"again") from None
+    return {"kind": "meta", **meta}
+
+
+def check_same(ckpt, data_dir):
+    """ValueError (one line) unless the dataset in data_dir has the tokenizer that the loaded
+    checkpoint ckpt was trained with (a dataset prepared again since would give other text)."""
+    meta = read_meta(data_dir)
+    trained = ckpt.get("tokenizer") or identity(ckpt["meta"], ckpt["mask_token_id"])
+    now = identity(meta, meta["vocab_size"])
+    if trained != now:
+        raise ValueError(f"the checkpoint was trained with the tokenizer {describe(trained)}, but {data_dir} now has "
+                         f"{describe(now)} (prepared again since?)")
+
+
 # -----------------------------------------------------------------------------
 # the body of data/*/prepare.py
 
@@ -214,6 +242,11 @@ def check_out_dir(out_dir):
     """A one-line exit (die) unless out_dir is a folder that can be written, or can be created:
     called before the work, so a mistake costs no time. Creates nothing."""
     d = os.path.abspath(out_dir)
+    from checkpoint import reserved
+    try:
+        reserved(out_dir)
+    except ValueError as e:
+        die(f"--out_dir {e}")
     if not out_dir.strip() or (os.path.exists(d) and not os.path.isdir(d)):
         die(f"--out_dir {out_dir!r} is {'empty' if not out_dir.strip() else 'a file'}; give a folder")
     while not os.path.exists(d):
@@ -234,12 +267,13 @@ def write_dataset(out_dir, ids, tok, **extra):
         os.makedirs(out_dir, exist_ok=True)
         write_all_atomically(writes)
     except OSError as e:
+        why = write_failed(e.filename or out_dir, e)
         if created:  # (write_all_atomically removed its temporaries: the folder is empty again)
             try:
                 os.rmdir(out_dir)
             except OSError:
                 pass
-        die(f"--out_dir: {write_failed(out_dir, e)}")
+        die(f"--out_dir: {why}; the dataset there is as it was")
 
 
 def meta_writer(tok, **extra):

@@ -31,19 +31,21 @@ import shlex
 import sys
 import time
 
-import numpy as np
-import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
+import configurator  # before torch: Ctrl-C while the libraries load is one line too
+configurator.exit_on_ctrl_c("nothing was trained")
 
-import batches
-import checkpoint
-import configurator
-import tasks
-import tokenizer
-from configurator import die
-from mask import meap_inputs, num_masked
-from model import GPT, GPTConfig
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
+
+import batches  # noqa: E402
+import checkpoint  # noqa: E402
+import tasks  # noqa: E402
+import tokenizer  # noqa: E402
+from configurator import die  # noqa: E402
+from mask import meap_inputs, num_masked  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -110,7 +112,10 @@ def settings_from(ckpt, path, resume):
     (a flag given now wins, except against the model's shape); fine-tuning takes the data and the
     model (the checkpoint's, and a flag that disagrees is refused). A setting the checkpoint
     predates had its default when it was trained."""
-    saved = {**defaults, **ckpt["config"]}
+    try:
+        saved = checkpoint.settings(ckpt)  # each of its type; defaults for those it predates
+    except ValueError as e:
+        die(f"{path}: {e}")
     if resume:
         taken = [k for k in config_keys if k not in overrides and k not in ("init_from", "out_dir", "overwrite")]
         fixed = MODEL
@@ -146,6 +151,10 @@ if init_from != "scratch":
         ckpt = checkpoint.load_checkpoint(start_path)
     except ValueError as e:
         die(f"{e}; use a new --out_dir" if init_from == "resume" else e)
+    lacks = [k for k in ("optimizer", "scaler", "rng", "iter_num") if k not in ckpt]
+    if init_from == "resume" and lacks:
+        die(f"{start_path} lacks {', '.join(lacks)}: it cannot continue exactly; fine-tune from it "
+            f"(--init_from {shlex.quote(out_dir)} with a new --out_dir) or start a new run")
     globals().update(settings_from(ckpt, start_path, resume=init_from == "resume"))
 n_kv_head = n_kv_head or n_head  # resolved here, so that the checkpoint's settings name the count
 config = {k: globals()[k] for k in config_keys}
@@ -231,17 +240,18 @@ if ckpt is not None:  # resume: weights, optimizer, loss scaler, random state; f
     except (TypeError, ValueError) as e:
         die(f"{start_path} holds a model this model.py cannot build ({e}){fix}")
     if trained != model_config:
-        die(f"{start_path} was trained with {dataclasses.asdict(trained)}, not {model_args}{fix}")
+        was = dataclasses.asdict(trained)
+        die(f"{start_path} was trained with " + ", ".join(f"{k} {v} (this run: {model_args[k]})" for k, v in was.items()
+                                                          if v != model_args[k]) + fix)
     try:
         raw_model.load_state_dict(ckpt["model"])
         if resume:
             optimizer.load_state_dict(ckpt["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as e:
+            scaler.load_state_dict(ckpt["scaler"])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            iter_num = saved_iter = int(ckpt["iter_num"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
         die(f"{start_path} does not fit this model ({str(e).splitlines()[0]}){fix}")
-    if resume:
-        scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        iter_num = saved_iter = ckpt["iter_num"]
 ckpt = None  # free the memory
 model = torch.compile(raw_model) if compile else raw_model
 if ddp:
@@ -337,12 +347,20 @@ def describe_run():
 # training loop
 metrics_path = os.path.join(out_dir, "metrics.jsonl")
 if master:  # one run per out_dir: lock it, and never replace a finished run unasked (checkpoint.py)
+    if checkpoint.is_hf_export(out_dir):
+        die(f"--out_dir {out_dir} holds a Hugging Face model (config.json), not a train.py run; use another folder")
     checkpoint.claim_or_die(out_dir, "out_dir")
     if init_from != "resume" and os.path.exists(ckpt_path) and not overwrite:
         die(f"{out_dir} already holds a run ({ckpt_path}); continue it with --init_from resume, "
             f"use another --out_dir, or replace it with --overwrite true")
-    if checkpoint.truncate_log(metrics_path, iter_num if init_from == "resume" else 0):  # rows past the checkpoint go
-        print(f"{metrics_path}: dropped a half-written line")
+    replacing = init_from != "resume" and not os.path.exists(ckpt_path) and os.path.isfile(metrics_path)
+    try:  # rows past the checkpoint go (all of them for a new run); a file that is not train.py's log stays
+        torn = checkpoint.truncate_log(metrics_path, iter_num if init_from == "resume" else 0)
+    except (ValueError, OSError) as e:
+        die(e)
+    if torn or replacing:
+        print(f"{metrics_path}: " + ("replaced the log of a run that saved no checkpoint" if replacing
+                                     else "dropped a half-written line"))
     print(describe_run())
     if iter_num:
         print(f"resuming from {ckpt_path} at iter {iter_num}")
@@ -360,6 +378,7 @@ def get_batch(it, micro):
     return to_device(x, y)
 
 
+configurator.ctrl_c_raises()  # the loop below says which checkpoint is kept and how to continue
 try:  # Ctrl-C: stop at once, keep the last checkpoint, say how to continue
     t_start = t_last = time.time()
     it_last, dt_avg, n_lines, final = iter_num, None, 0, {}

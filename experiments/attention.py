@@ -29,13 +29,15 @@ import re
 import shlex
 import sys
 
-import numpy as np
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
+if __name__ == "__main__":
+    configurator.exit_on_ctrl_c("nothing was written")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from configurator import die  # noqa: E402
-import configurator  # noqa: E402
 import checkpoint  # noqa: E402
 import tasks  # noqa: E402
 from batches import VAL_SEED, torch_generator  # noqa: E402
@@ -330,11 +332,13 @@ def main(argv=None):
         if not os.path.exists(os.path.join(args.report, "attention.json")):
             die(f"{args.report} has no attention.json; "
                          f"run python experiments/attention.py --grid {shlex.quote(args.report)}")
-        print(report(args.report))
+        print(common.report_or_die(report, args.report))
         return
     if args.examples < 1 or not 0 < args.mask_ratio <= 0.5:  # the paired metrics need masked and unmasked keys
         die(f"--examples must be at least 1 and --mask_ratio in (0, 0.5] "
                          f"(got {args.examples} and {args.mask_ratio})")
+    if not os.path.isdir(args.grid):
+        die(f"--grid {args.grid} is not a folder; give the --out folder of a compare.py grid")
     runs = os.path.join(args.grid, "runs")
     found = {}
     for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
@@ -375,5 +379,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("attention.json is written only at the end: nothing was")
     main()

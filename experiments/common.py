@@ -100,20 +100,29 @@ def train_cmd(run_dir, ratio, seed, settings):
 
 
 _children = set()  # the train.py processes running now (stop_children stops them)
-
-
-_stopping = False  # set by stop_children: a train.py that a worker of in_parallel starts after it stops at once
+_stopping = False  # set by stop_children: from then on no train.py is started
+_lock = threading.Lock()  # guards both: a worker thread cannot start a run while they are read
 
 
 def stop_children():
-    """Ctrl-C every train.py this process started, and wait for them: each stops at once, keeping
-    its last checkpoint, which a rerun resumes from (bit-exact)."""
+    """Ctrl-C every train.py this process started, and wait until each has ended: it stops at once,
+    keeping its last checkpoint, which a rerun resumes from (bit-exact). The signal is sent again
+    every few seconds to a run that is still there (one caught while loading its libraries)."""
     global _stopping
-    _stopping = True
-    for p in list(_children):
-        p.send_signal(signal.SIGINT)
-    for p in list(_children):
-        p.wait()
+    with _lock:
+        _stopping = True
+    while True:
+        with _lock:
+            alive = [p for p in _children if p.poll() is None]
+        if not alive:
+            return
+        for p in alive:
+            p.send_signal(signal.SIGINT)
+        for p in alive:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
 
 
 def train(run_dir, ratio, seed, settings, threads):
@@ -131,18 +140,20 @@ def train(run_dir, ratio, seed, settings, threads):
         raise RuntimeError(f"{e}; delete {run_dir} to train that run again") from None
     if done_iters < int(settings["max_iters"]):
         with open(os.path.join(run_dir, "train.log"), "a") as log:
-            p = subprocess.Popen(train_cmd(run_dir, ratio, seed, settings), stdout=log, stderr=subprocess.STDOUT,
-                                 env=env, cwd=ROOT)
-            _children.add(p)
-            if _stopping and threading.current_thread() is not threading.main_thread():  # started as Ctrl-C came
-                p.send_signal(signal.SIGINT)
+            with _lock:
+                if _stopping:  # Ctrl-C came while this worker was on its way here
+                    raise KeyboardInterrupt
+                p = subprocess.Popen(train_cmd(run_dir, ratio, seed, settings), stdout=log,
+                                     stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+                _children.add(p)
             try:
                 p.wait()
             except KeyboardInterrupt:  # (in the main thread: compare_sft's base run)
                 stop_children()
                 raise
             finally:
-                _children.discard(p)
+                with _lock:
+                    _children.discard(p)
         if p.returncode != 0:
             raise RuntimeError(f"train.py failed for {run_dir}; see {run_dir}/train.log")
 
@@ -206,7 +217,7 @@ def interrupted(out):
     """After Ctrl-C: stop the train.py runs, say how to continue, and exit (130) without waiting
     for an evaluation still running in a worker thread (its result is simply redone next time)."""
     stop_children()
-    print(f"interrupted: the finished runs are kept in {out}; run the same command again to continue "
+    print(f"error: interrupted; the finished runs are kept in {out}; run the same command again to continue "
           f"(a half-trained run resumes from its last checkpoint)", file=sys.stderr, flush=True)
     checkpoint.release()
     sys.stdout.flush()
@@ -309,9 +320,22 @@ def summary(results, ratios, seeds, columns, names=None, baseline=0.0, first="ma
 # per-run data: every folder keeps runs.json, and its report is a pure function of it
 
 def load_runs(out, key="mask_ratio"):
-    """out/runs.json as (data, {(run[key], seed): run})."""
-    data = read_json(os.path.join(out, "runs.json"))
+    """out/runs.json as (data, {(run[key], seed): run}); a one-line exit if it is not one."""
+    path = os.path.join(out, "runs.json")
+    data = read_json_or_die(path)
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list) or \
+            not all(isinstance(run, dict) and key in run and "seed" in run for run in data["runs"]):
+        die(f"{path} is not a runs.json with a {key} and a seed in every run; restore it (git checkout)")
     return data, {(run[key], run["seed"]): run for run in data["runs"]}
+
+
+def report_or_die(report, out):
+    """report(out), or a one-line exit where out's per-run data lack what the report reads."""
+    try:
+        return report(out)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        die(f"{out}: its per-run data lack what the report reads ({type(e).__name__}: {e}); restore them "
+            f"(git checkout), or run the grid again")
 
 
 def record_runs(out, results, command=None, key="mask_ratio", **extra):
@@ -375,6 +399,10 @@ def apply_set(settings, pairs, fixed, hint):
         GPTConfig(block_size=s["block_size"], vocab_size=64, n_layer=s["n_layer"], n_head=s["n_head"],
                   n_kv_head=s["n_kv_head"], n_embd=s["n_embd"], init=s["init"], emb_common=s["emb_common"])
         batches.check_meap(s, 64) if s["sft"] == "none" else batches.check_sft(s)
+        data = os.path.join("data", s["dataset"], "train.bin")
+        if s["dataset"] != "synthetic" and not os.path.exists(data):
+            die(f"{data} not found; prepare it first: {prepare_command(s['dataset'])}")
+        batches.Batches(s)  # the task fits the block, the data fit their vocabulary: train.py's own checks
     except ValueError as e:  # (ConfigError is one)
         die(f"--set: {e}")
     return settings
@@ -403,19 +431,24 @@ def claim_out(out, grid, planned=None, key="mask_ratio", overwrite=False):
     checkpoint.claim_or_die(out, "out")
     cfg_path = os.path.join(out, "grid.json")
     old = read_json_or_die(cfg_path) if os.path.exists(cfg_path) else None
+    if old is not None and not isinstance(old, dict):
+        die(f"{cfg_path} is not a grid.json (a dict of settings); restore it (git checkout) or give a new --out")
     if old is not None and old != grid and results_in(out):
         changed = sorted(k for k in set(old) | set(grid) if old.get(k) != grid.get(k))
         die(f"{out} holds results of other settings ({cfg_path}: {', '.join(changed)} differ); "
             f"give a new --out (nothing there is replaced)")
     runs_path = os.path.join(out, "runs.json")
-    if planned and os.path.exists(runs_path) and not overwrite:
-        recorded = {(run.get(key), run.get("seed")) for run in read_json_or_die(runs_path).get("runs", [])}
+    if planned and os.path.exists(runs_path):
+        recorded = load_runs(out, key)[1]
         again = [f"{row} seed {seed}" for (row, seed), done in planned.items()
                  if (row, seed) in recorded and not os.path.exists(done)]
-        if again:
+        if again and overwrite:
+            print(f"--overwrite: training {len(again)} run(s) that {runs_path} records again; their records "
+                  f"will be replaced ({', '.join(again)})", flush=True)
+        elif again:
             die(f"{runs_path} already records {len(again)} of these runs ({', '.join(again[:3])}"
                 f"{', ...' if len(again) > 3 else ''}) whose run folders are not here (a fresh clone?); "
-                f"--report {out} rewrites the report from them, --overwrite trains them again and replaces "
+                f"--report {shlex.quote(out)} rewrites the report from them, --overwrite trains them again and replaces "
                 f"their records, or give a new --out")
     write_json(cfg_path, grid)
 

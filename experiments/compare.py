@@ -35,17 +35,20 @@ import os
 import sys
 import time
 
-import numpy as np
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
+if __name__ == "__main__":
+    configurator.exit_on_ctrl_c("nothing was written")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from configurator import die  # noqa: E402
 import tasks  # noqa: E402
 from batches import VAL_SEED  # noqa: E402
 from experiments.common import (apply_set, claim_out, diff_cells, grid_runs, interrupted, load_model,  # noqa: E402
-                                load_runs, mean_sd, parse_list, read_json, record_runs, run_name, save_png,
-                                seeds_of, steps_to, summary, train, VERDICTS, write_json, write_text)
+                                load_runs, mean_sd, parse_list, read_json, record_runs, report_or_die, run_name,
+                                save_png, seeds_of, steps_to, summary, train, VERDICTS, write_json, write_text)
 
 # train.py's defaults for how MEAP masks and how the model starts, written into every preset so that
 # each grid's grid.json records them (the paper's uniform [MASK]; --set changes them per grid)
@@ -306,7 +309,8 @@ def main(argv=None):
     ap.add_argument("--seeds", default=None, help="comma-separated seeds")
     ap.add_argument("--jobs", type=int, default=None, help="runs at a time")
     ap.add_argument("--examples", type=int, default=None, help="held-out examples per evaluation setting")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.py settings for every run")
+    ap.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                    help="train.py settings for every run (repeatable)")
     ap.add_argument("--against", default=None, metavar="DIR",
                     help="also report this grid minus the grid in DIR, ratio by ratio, paired by seed")
     ap.add_argument("--overwrite", action="store_true",
@@ -319,9 +323,11 @@ def main(argv=None):
         for name in ("grid.json", "runs.json"):
             if not os.path.exists(os.path.join(args.report, name)):
                 die(f"{args.report} has no {name}; --report takes a folder compare.py wrote")
+        if args.against and not os.path.exists(os.path.join(args.against, "runs.json")):
+            die(f"--against {args.against}: no runs.json there; give a folder compare.py wrote")
         if args.against:  # recorded, so that the report stays a function of the folder
             record_runs(args.report, {}, against=os.path.relpath(args.against, args.report))
-        print(report(args.report))
+        print(report_or_die(report, args.report))
         print(f"wrote {args.report}/results.md and {args.report}/results.png")
         return
     if args.preset not in PRESETS:
@@ -347,10 +353,12 @@ def main(argv=None):
     print(f"compare: {n} runs ({len(ratios)} mask ratios x {len(seeds)} seeds), {jobs} at a time, in {out}")
     t0 = time.time()
     ntp_from = args.against if args.against and ntp_twin(out, args.against) else None
+    configurator.ctrl_c_raises()  # interrupted() stops the runs and says how to continue
     try:
         results = run_grid(out, ratios, seeds, settings, jobs, p["threads"], examples, ntp_from)
     except KeyboardInterrupt:
         interrupted(out)
+    configurator.exit_on_ctrl_c(f"the finished runs are kept in {out}; the same command writes the report")
     cmd = " ".join(["python experiments/compare.py"] + (argv if argv is not None else sys.argv[1:]))
     record_runs(out, results, cmd, against=os.path.relpath(args.against, out) if args.against else None)
     print(report(out))

@@ -30,17 +30,21 @@ import runpy
 import sys
 import time
 
-import numpy as np
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
+if __name__ == "__main__":
+    configurator.exit_on_ctrl_c("nothing was written")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from configurator import die  # noqa: E402
 import tasks  # noqa: E402
 from batches import VAL_SEED  # noqa: E402
 from experiments.common import (ROOT, apply_set, claim_out, diff_cells, in_parallel, interrupted,  # noqa: E402
                                 load_model, load_runs, mean_sd, paired_ci, parse_list, read_json, record_runs,
-                                save_png, steps_to, summary, train, verdict, VERDICTS, write_json, write_text)
+                                report_or_die, save_png, steps_to, summary, train, verdict, VERDICTS, write_json,
+                                write_text)
 from experiments.compare import MEAP_DEFAULTS  # noqa: E402
 
 QA_TEST = 9  # with batches.VAL_SEED: the random stream of the held-out questions
@@ -229,7 +233,8 @@ def main(argv=None):
     ap.add_argument("--mask_ratio", type=float, default=None, help="MEAP-SFT's share of answer tokens to mask")
     ap.add_argument("--jobs", type=int, default=None, help="runs at a time")
     ap.add_argument("--examples", type=int, default=None, help="held-out questions per run (over all positions)")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.py settings for every SFT run")
+    ap.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                    help="train.py settings for every SFT run (repeatable)")
     ap.add_argument("--overwrite", action="store_true",
                     help="train again, and replace in runs.json, runs it records whose folders are gone")
     ap.add_argument("--report", default=None, metavar="DIR",
@@ -240,7 +245,7 @@ def main(argv=None):
         for name in ("grid.json", "runs.json"):
             if not os.path.exists(os.path.join(args.report, name)):
                 die(f"{args.report} has no {name}; --report takes a folder compare_sft.py wrote")
-        md, line = report(args.report)
+        md, line = report_or_die(report, args.report)
         print(md + line)
         return
     if args.preset not in PRESETS:
@@ -271,10 +276,12 @@ def main(argv=None):
           f"{', '.join(map(str, seeds))}), {jobs} at a time, in {out}", flush=True)
     t0 = time.time()
     torch.set_num_threads(2)
+    configurator.ctrl_c_raises()  # interrupted() stops the runs and says how to continue
     try:
         results = run_all(out, arms, seeds, p, settings, ratio, jobs, examples)
     except KeyboardInterrupt:
         interrupted(out)
+    configurator.exit_on_ctrl_c(f"the finished runs are kept in {out}; the same command writes the report")
     cmd = " ".join(["python experiments/compare_sft.py"] + (argv if argv is not None else sys.argv[1:]))
     record_runs(out, results, cmd, key="arm")
     md, line = report(out)

@@ -18,11 +18,12 @@ import math
 import os
 import re
 import sys
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
+if __name__ == "__main__":
+    configurator.exit_on_ctrl_c("nothing was written")
 
 from configurator import die  # noqa: E402
-import configurator  # noqa: E402
 from experiments import attention, compare, common, text  # noqa: E402
 
 RESULTS = os.path.join(common.ROOT, "results")
@@ -398,5 +399,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("each file is rewritten whole or not at all")
     main()

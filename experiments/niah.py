@@ -22,17 +22,19 @@ import re
 import shlex
 import sys
 
-import numpy as np
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
+if __name__ == "__main__":
+    configurator.exit_on_ctrl_c("nothing was written")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from configurator import die  # noqa: E402
 import checkpoint  # noqa: E402
-import configurator  # noqa: E402
 from experiments.common import keep_result, parse_list, save_png, write_json  # noqa: E402
 from experiments.probes import needle_prompt  # noqa: E402
-from tokenizer import for_meta  # noqa: E402
+from tokenizer import check_same, for_meta  # noqa: E402
 
 NEEDLE = " The special magic number is {}."
 QUESTION = " What is the special magic number? The special magic number is"
@@ -114,11 +116,12 @@ def main(argv=None):
         die(f"no checkpoint at {path}; train one first (python train.py config/shakespeare_cpu.py)")
     try:
         ckpt = checkpoint.load_checkpoint(path)
+        cfg = checkpoint.settings(ckpt)
         checkpoint.check_writable(args.out_dir)  # niah.json goes there: check before the evaluation
         device = configurator.pick_device(args.device)
     except (ValueError, OSError) as e:
         die(f"{e}")
-    meta, cfg = ckpt["meta"], ckpt["config"]
+    meta = ckpt["meta"]
     if meta.get("kind") == "synthetic":
         die(f"{path} was trained on the synthetic tasks, which have their own needle "
                          f"(python experiments/compare.py); niah.py needs a checkpoint trained on a text --dataset")
@@ -129,6 +132,7 @@ def main(argv=None):
                          f"prepare it with python {shlex.quote(os.path.join(data_dir, 'prepare.py'))}")
     T = ckpt["model_args"]["block_size"]
     try:
+        check_same(ckpt, data_dir)  # the haystack's ids mean what they meant in training
         tok = for_meta(meta)
     except ValueError as e:
         die(f"{e}")
@@ -167,5 +171,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("niah.json is written only at the end: nothing was")
     main()

@@ -26,18 +26,20 @@ import os
 import re
 import sys
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
+if __name__ == "__main__":
+    configurator.exit_on_ctrl_c("nothing was written")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from configurator import die  # noqa: E402
 import checkpoint  # noqa: E402
-import configurator  # noqa: E402
 from batches import torch_generator  # noqa: E402
 from experiments.common import keep_result, write_json  # noqa: E402
-from tokenizer import for_meta  # noqa: E402
+from tokenizer import check_same, for_meta  # noqa: E402
 
 TEXT_PROBES = 13  # with batches.VAL_SEED: the random stream of text.py's and pilots.py's probes
 LEAD = 8  # held-out tokens before the first copy: the span never starts at position 0
@@ -205,9 +207,11 @@ def load(out_dir, device="auto"):
     ckpt = checkpoint.load_checkpoint(out_dir)
     if ckpt["meta"].get("kind") == "synthetic":
         raise ValueError(f"{out_dir} was trained on the synthetic tasks; the probes need a text --dataset")
-    val = os.path.join("data", ckpt["config"]["dataset"], "val.bin")
+    data_dir = os.path.join("data", checkpoint.settings(ckpt)["dataset"])
+    val = os.path.join(data_dir, "val.bin")
     if not os.path.exists(val):
         raise ValueError(f"{val} not found: the probes read the checkpoint's held-out text; prepare it first")
+    check_same(ckpt, data_dir)  # the held-out ids mean what they meant in training
     tok = for_meta(ckpt["meta"])
     model = checkpoint.model_of(ckpt, configurator.pick_device(device))
     return model, tok, np.memmap(val, dtype=np.uint16, mode="r"), ckpt
@@ -257,5 +261,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("probes.json is written only at the end: nothing was")
     main()

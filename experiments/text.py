@@ -25,17 +25,20 @@ import os
 import sys
 import time
 
-import numpy as np
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
+if __name__ == "__main__":
+    configurator.exit_on_ctrl_c("nothing was written")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from configurator import die  # noqa: E402
 from batches import VAL_SEED  # noqa: E402
 from experiments import probes  # noqa: E402
 from experiments.common import (apply_set, claim_out, grid_runs, interrupted, load_runs, mean_sd, run_name,  # noqa: E402
-                                parse_list, prepare_command, read_json, record_runs, save_png, seeds_of, summary, train,
-                                VERDICTS, within, write_json, write_text)
+                                parse_list, prepare_command, read_json, record_runs, report_or_die, save_png,
+                                seeds_of, summary, train, VERDICTS, within, write_json, write_text)
 from experiments.compare import MEAP_DEFAULTS  # noqa: E402
 
 SEED = [VAL_SEED, probes.TEXT_PROBES]  # the probes' held-out draws
@@ -266,7 +269,8 @@ def main(argv=None):
     ap.add_argument("--seeds", default=None, help="comma-separated seeds")
     ap.add_argument("--stages", default=None, help="comma-separated steps at which to probe; the last is the run's length")
     ap.add_argument("--examples", type=int, default=None, help="probe sequences per gap, passkey trials per cell")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.py settings for every run")
+    ap.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                    help="train.py settings for every run (repeatable)")
     ap.add_argument("--overwrite", action="store_true",
                     help="train again, and replace in runs.json, runs it records whose folders are gone")
     ap.add_argument("--report", default=None, metavar="DIR", help="only rewrite DIR's report from DIR/runs.json")
@@ -276,7 +280,7 @@ def main(argv=None):
         for name in ("grid.json", "runs.json"):
             if not os.path.exists(os.path.join(args.report, name)):
                 die(f"{args.report} has no {name}; --report takes a folder text.py wrote")
-        print(report(args.report))
+        print(report_or_die(report, args.report))
         print(f"wrote {args.report}/results.md and {args.report}/results.png")
         return
     if args.preset not in PRESETS:
@@ -305,10 +309,12 @@ def main(argv=None):
     print(f"text: {len(ratios) * len(seeds)} runs ({len(ratios)} mask ratios x {len(seeds)} seeds), "
           f"{p['jobs']} at a time, in {out}")
     t0 = time.time()
+    configurator.ctrl_c_raises()  # interrupted() stops the runs and says how to continue
     try:
         results = run_grid(out, ratios, seeds, settings, stages, p["jobs"], p["threads"], examples)
     except KeyboardInterrupt:
         interrupted(out)
+    configurator.exit_on_ctrl_c(f"the finished runs are kept in {out}; the same command writes the report")
     record_runs(out, results, " ".join(["python experiments/text.py"] + (argv if argv is not None else sys.argv[1:])))
     print(report(out))
     print(f"wrote {out}/runs.json, {out}/results.md and {out}/results.png | {(time.time() - t0) / 60:.1f} min")

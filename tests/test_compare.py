@@ -9,7 +9,7 @@ import torch
 
 import tasks
 from experiments import common, compare
-from helpers import ROOT, oracle_model, run_script
+from helpers import ROOT, oracle_model, run_inprocess, run_script
 
 
 def test_mean_sd_and_paired_ci_against_hand_computed_values():
@@ -180,26 +180,32 @@ def test_a_run_interrupted_half_way_resumes_exactly(tmp_path):
     assert json.load(open(os.path.join(run, "suite.json"))) == before
 
 
+@pytest.mark.parametrize("args,msg", [
+    (["--preset", "huge"], "unknown preset 'huge'; choose one of cpu, gpu, tiny"),
+    (["--set", "mask_ratio=0.1"], "--set mask_ratio is chosen by the comparison"),
+    (["--set", "n_layer"], "--set takes KEY=VALUE"),
+    (["--set", "n_head=3"], "--set: need positive sizes, n_embd divisible by n_head"),  # train.py's own check
+    (["--ratios", "0,x"], "cannot read '0,x' as a comma-separated list of floats"),
+    (["--epochs", "3"], "unrecognized arguments: --epochs 3"),
+    (["--examples", "0"], "--jobs and --examples must be at least 1")])
+def test_bad_input_is_one_clear_line(tmp_path, args, msg):
+    code, _, err = run_inprocess("experiments/compare.py", *args, "--out", str(tmp_path / "g"))
+    lines = err.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and lines[0].startswith(f"error: {msg}"), err
+    assert not os.path.exists(tmp_path / "g")  # refused before anything is written
+
+
 @pytest.mark.slow
-def test_bad_input_is_one_clear_line(tmp_path):
-    out = str(tmp_path / "g")
-    for args, msg in [(["--preset", "huge"], "unknown preset 'huge'; choose one of cpu, gpu, tiny"),
-                      (["--set", "mask_ratio=0.1"], "--set mask_ratio is chosen by the comparison"),
-                      (["--set", "n_layer"], "--set takes KEY=VALUE"),
-                      (["--ratios", "0,x"], "cannot read '0,x' as a comma-separated list of floats"),
-                      (["--epochs", "3"], "unrecognized arguments: --epochs 3"),
-                      (["--examples", "0"], "--jobs and --examples must be at least 1")]:
-        p = run_script("experiments/compare.py", *args, "--out", out, check=False)
-        lines = p.stderr.strip().splitlines()
-        assert p.returncode != 0 and len(lines) == 1 and lines[0].startswith(f"error: {msg}"), p.stderr
+def test_a_failed_run_stops_the_grid_and_a_folder_keeps_one_configuration(tmp_path):
     # a run that fails stops the grid with one line naming its log
-    p = run_script("experiments/compare.py", "--preset", "tiny", "--out", str(tmp_path / "bad"), "--set", "n_head=3", check=False)
+    p = run_script("experiments/compare.py", "--preset", "tiny", "--out", str(tmp_path / "bad"), "--set", "dataset=nope",
+                   check=False)
     assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith("error: train.py failed for")
     assert "train.log" in p.stderr
-    # a folder keeps one configuration
+    out = str(tmp_path / "g")
     run_script("experiments/compare.py", "--preset", "tiny", "--out", out, "--ratios", "0", "--seeds", "1")
     p = run_script("experiments/compare.py", "--preset", "tiny", "--out", out, "--set", "n_embd=64", check=False)
-    assert p.returncode != 0 and "holds runs trained with other settings" in p.stderr
+    assert p.returncode != 0 and "holds results of other settings" in p.stderr
 
 
 @pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p == "gpu" else p

@@ -64,7 +64,8 @@ TRAIN = [  # (arguments, the error's text); RUN is a finished run, which every c
     (["--mask_mode", "columns"], "--mask_mode: mask mode must be one of"),
     (["--corruption", "noise"], "--corruption: corruption must be one of"),
     (["--mask_mode", "shared", "--mask_queries", "false"], "--mask_mode: shared mode masks the same columns"),
-    (["--dataset", "nope"], "data/nope/train.bin not found; prepare it with: python data/nope/prepare.py"),
+    (["--dataset", "nope"], "data/nope/train.bin not found; prepare it with a data/*/prepare.py script with "
+                            "--out_dir data/nope"),
     (["--block_size", "16", "--n_pairs", "8"], "mqar: 8 pairs and an offset of 0 need seq_len >= 18"),
     (["--eval_interval", "0"], "--eval_interval must be at least 1, got 0"),
     (["--device", "cuda:x"], "--device 'cuda:x' is not a device"),

@@ -139,7 +139,7 @@ def test_1_a_killed_exports_leftover_never_blocks_a_resume(tiny_ckpt, tmp_path):
 
 def copy_results(name, to):
     """A copy of a committed results folder (its files, as a fresh clone has them: no runs/)."""
-    return shutil.copytree(os.path.join(ROOT, "results", name), to, ignore=shutil.ignore_patterns("runs", "lock"))
+    return shutil.copytree(os.path.join(ROOT, "results", name), to, ignore=shutil.ignore_patterns("runs", checkpoint.LOCK))
 
 
 def test_2_a_pilot_with_other_stages_is_refused_and_nothing_changes(tmp_path, monkeypatch):
@@ -177,8 +177,7 @@ def test_2_set_is_checked_like_train_py_before_anything_is_written(tmp_path, pai
 def test_2_a_rerun_on_a_fresh_clone_does_not_replace_recorded_runs(tmp_path, monkeypatch):
     from experiments import text
     out = copy_results("text-stdlib", tmp_path / "text")
-    (tmp_path / "data" / "stdlib_dense").mkdir(parents=True)
-    (tmp_path / "data" / "stdlib_dense" / "train.bin").write_bytes(b"\0" * 64)
+    bpe_dataset(tmp_path / "data" / "stdlib_dense", 300)  # the preset's data, as far as its checks go
     monkeypatch.chdir(tmp_path)
     before = checksums(out)
     try:
@@ -192,7 +191,7 @@ def test_2_a_rerun_on_a_fresh_clone_does_not_replace_recorded_runs(tmp_path, mon
     assert checksums(out) == before
 
 
-def test_2_claim_out_lets_a_finished_or_new_run_through_and_overwrite_say_so(tmp_path):
+def test_2_claim_out_refuses_to_retrain_a_recorded_run_unless_told(tmp_path, capsys):
     from experiments import common
     out = str(tmp_path / "grid")
     os.makedirs(os.path.join(out, "runs", "ntp_s1"))
@@ -206,6 +205,8 @@ def test_2_claim_out_lets_a_finished_or_new_run_through_and_overwrite_say_so(tmp
         with pytest.raises(SystemExit, match="already records 1 of these runs .base seed 1."):
             common.claim_out(out, {"a": 1}, planned, key="arm")
         common.claim_out(out, {"a": 1}, planned, key="arm", overwrite=True)
+        assert capsys.readouterr().out == (f"--overwrite: training 1 run(s) that {out}/runs.json records again; "
+                                           f"their records will be replaced (base seed 1)\n")
         with pytest.raises(SystemExit, match="holds results of other settings .* a differ"):
             common.claim_out(out, {"a": 2}, {}, key="arm")
     finally:
@@ -325,7 +326,10 @@ def edit_config(folder, **nanomeap_or_fields):
 
 
 IMPORT = [  # (edits to an exported folder, message)
-    (dict(num_hidden_layers=1), "model.safetensors does not fit config.json's 1 layers (0 weights missing, 9 more"),
+    (dict(num_hidden_layers=1), "config.json differs from the checkpoint it was exported from (n_layer 1 (exported: 2))"),
+    (dict(max_position_embeddings=16), "config.json differs from the checkpoint it was exported from (block_size 16"),
+    (dict(num_hidden_layers=1, nanomeap_model_args=None),  # an export from before model_args was kept
+     "model.safetensors does not fit config.json's 1 layers (0 weights missing, 9 more"),
     (dict(nanomeap_mask_token_id=99999), "its [MASK] id 99999 is not inside its vocabulary of 192 ids"),
     (dict(nanomeap_config=None), "config.json's nanomeap block lacks a valid config"),
     (dict(nanomeap_meta="bpe"), "config.json's nanomeap block lacks a valid meta"),
@@ -463,7 +467,8 @@ def test_6_an_hf_export_given_as_a_run_says_how_to_bring_it_back(tmp_path):
     ("export.py", ["--out_dir", "", "--to", "x"], "--out_dir is empty; give a folder"),
     ("sample.py", ["--out_dir", ""], "--out_dir is empty; give the folder of a train.py run"),
     ("train.py", ["--out_dir", " "], "--out_dir is empty; give a folder"),
-    ("train.py", ["--dataset", "my data"], "data/my data/train.bin not found; prepare it with: python 'data/my data'/"),
+    ("train.py", ["--dataset", "my data"], "data/my data/train.bin not found; prepare it with a data/*/prepare.py "
+                                           "script with --out_dir 'data/my data'"),
     ("experiments/pilots.py", ["--only", "plain,nope"], "unknown pilot(s) nope; --only takes names among plain,"),
     ("experiments/pilots.py", ["--stages", "5,3"], "need increasing --stages >= 1 and --jobs >= 1 (got --stages 5,3"),
     ("experiments/digest.py", ["--chek"], "unrecognized arguments: --chek (python experiments/digest.py --help"),
@@ -499,10 +504,119 @@ def test_7_a_full_disk_in_prepare_is_one_line_and_leaves_no_folder(small_disk, t
     text.write_text("x" * 400_000)  # 400 KB of bytes: more than the 256 KB disk
     data = small_disk / "data"
     one_line(run_inprocess("data/shakespeare_byte/prepare.py", "--input", str(text), "--out_dir", str(data)),
-             f"--out_dir: could not write {data}: the disk is full")
+             f"--out_dir: could not write {data}/train.bin: the disk is full")
     assert os.listdir(small_disk) == []
 
 
 def test_7_sample_bounds_what_it_draws(tiny_ckpt):
     one_line(run_inprocess("sample.py", "--out_dir", str(tiny_ckpt), "--max_new_tokens", "1e12", "--device", "cpu"),
              "--num_samples x --max_new_tokens is 3,000,000,000,000; sample.py draws at most 1,000,000")
+
+
+# --- found by a red team, after the first round ---
+
+def test_a_dataset_is_replaced_whole_or_not_at_all(tmp_path):
+    text, data = tmp_path / "in.txt", tmp_path / "data"
+    text.write_text("the first text, long enough to split in two. " * 20)
+    assert run_inprocess("data/shakespeare_byte/prepare.py", "--input", str(text), "--out_dir", str(data))[0] == 0
+    os.remove(data / "meta.pkl")
+    (data / "meta.pkl").mkdir()  # the last of the three renames will fail, after train.bin's and val.bin's
+    before = checksums(data)
+    text.write_text("a second text, which must not end up beside the first one's meta. " * 20)
+    one_line(run_inprocess("data/shakespeare_byte/prepare.py", "--input", str(text), "--out_dir", str(data)),
+             f"--out_dir: could not write {data}/meta.pkl")
+    assert checksums(data) == before and sorted(os.listdir(data)) == ["meta.pkl", "train.bin", "val.bin"]
+
+
+def test_a_run_folder_keeps_files_that_are_not_the_runs(tiny_ckpt, tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "lock").write_text("my notes")
+    (d / f".x.{'9' * 20}.abcdefgh{checkpoint.TMP_SUFFIX}").write_text("no pid of ours")
+    (d / "metrics.jsonl").write_text("my own log\n")
+    before = checksums(d)
+    one_line(run_inprocess("train.py", *TINY, "--max_iters", "2", "--out_dir", str(d)),
+             f"{d}/metrics.jsonl holds lines that are not train.py's (line 1); move it away")
+    (d / "metrics.jsonl").unlink()
+    (d / "metrics.jsonl").mkdir()
+    one_line(run_inprocess("train.py", *TINY, "--max_iters", "2", "--out_dir", str(d)), "is a folder, not train.py's log")
+    (d / "metrics.jsonl").rmdir()
+    (d / checkpoint.LOCK).write_text("not a pid")
+    one_line(run_inprocess("train.py", *TINY, "--max_iters", "2", "--out_dir", str(d)), "is not a nanoMEAP lock")
+    (d / checkpoint.LOCK).unlink()
+    assert {f: h for f, h in checksums(d).items() if "metrics" not in f} == \
+        {f: h for f, h in before.items() if "metrics" not in f}
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    one_line(run_inprocess("train.py", *TINY, "--out_dir", str(hf)), f"--out_dir {hf} holds a Hugging Face model")
+    for bad in (tmp_path / f".run.12345.abcdefgh{checkpoint.TMP_SUFFIX}", tmp_path / checkpoint.LOCK):
+        one_line(run_inprocess("train.py", *TINY, "--out_dir", str(bad)), "are nanoMEAP's own")
+    assert sorted(os.listdir(hf)) == ["config.json"] and not os.path.exists(tmp_path / checkpoint.LOCK)
+
+
+def test_an_edited_checkpoint_is_one_line(tiny_ckpt, tmp_path):
+    def edited(name, change):
+        run = shutil.copytree(tiny_ckpt, tmp_path / name)
+        ckpt = torch.load(run / "ckpt.pt", weights_only=False)
+        change(ckpt)
+        torch.save(ckpt, run / "ckpt.pt")
+        return str(run)
+    one_line(run_inprocess("train.py", "--init_from", "resume", "--out_dir", edited("norng", drop("rng"))),
+             "ckpt.pt lacks rng: it cannot continue exactly")
+    one_line(run_inprocess("train.py", "--init_from", "resume", "--out_dir",
+                           edited("badcfg", lambda c: c["config"].update(block_size="x"))),
+             "its saved setting --block_size expects int (like 64), got 'x'")
+    old = edited("old", lambda c: c["config"].pop("task"))  # a setting the checkpoint predates: its default
+    assert run_inprocess("sample.py", "--out_dir", old, "--device", "cpu", "--num_samples", "1")[0] == 0
+
+
+def test_experiments_read_broken_results_and_repeated_set_in_one_line(tmp_path):
+    out = copy_results("cpu", tmp_path / "cpu")
+    before = checksums(out)
+    one_line(run_inprocess("experiments/compare.py", "--report", str(out), "--against", str(tmp_path / "nope")),
+             f"--against {tmp_path}/nope: no runs.json there")
+    (out / "runs.json").write_text('{"runs": [1, 2]}')
+    one_line(run_inprocess("experiments/compare.py", "--report", str(out)), "is not a runs.json with a mask_ratio")
+    one_line(run_inprocess("experiments/compare.py", "--preset", "cpu", "--out", str(out)), "is not a runs.json")
+    (out / "grid.json").write_text("[1]")
+    one_line(run_inprocess("experiments/compare.py", "--preset", "cpu", "--out", str(out)), "is not a grid.json")
+    fresh = tmp_path / "fresh"
+    for pairs, message in ((["task=foo"], "--set: unknown task 'foo'"),
+                           (["n_layer=1", "--set", "n_head=3"], "--set: need positive sizes")):  # both --set count
+        one_line(run_inprocess("experiments/compare.py", "--preset", "tiny", "--out", str(fresh), "--set", *pairs),
+                 message)
+    assert not fresh.exists() and {f: h for f, h in checksums(out).items() if not f.endswith(".json")} == \
+        {f: h for f, h in before.items() if not f.endswith(".json")}
+
+
+def test_export_to_a_long_name_and_never_to_a_name_of_ours(tiny_ckpt, tmp_path):
+    if not HF:
+        pytest.skip("export.py's optional extra: pip install transformers safetensors")
+    long = tmp_path / ("x" * 240)
+    assert run_inprocess("export.py", "--out_dir", str(tiny_ckpt), "--to", str(long))[0] == 0
+    one_line(run_inprocess("export.py", "--out_dir", str(tiny_ckpt), "--to", str(tmp_path / checkpoint.LOCK)),
+             "are nanoMEAP's own")
+
+
+def test_probes_refuse_a_dataset_prepared_again(tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    bpe_dataset(data, 300)
+    run_script("train.py", "--dataset", str(data), *TINY, "--block_size", "64", "--max_iters", "2",
+               "--eval_interval", "2", "--out_dir", str(run))
+    bpe_dataset(data, 280)
+    one_line(run_inprocess("experiments/probes.py", "--out_dir", str(run), "--device", "cpu"),
+             f"the checkpoint was trained with the tokenizer bpe (300 ids")
+    assert not os.path.exists(run / "probes.json")
+
+
+def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.Popen([sys.executable, "train.py", *TINY, "--out_dir", str(tmp_path / "run")], cwd=ROOT, env=env,
+                         stderr=subprocess.PIPE, text=True)
+    import time
+    time.sleep(0.3)  # in `import torch`
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and err.strip() == "error: interrupted; nothing was trained", err
+    assert not os.path.exists(tmp_path / "run")

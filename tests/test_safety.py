@@ -74,7 +74,7 @@ def test_claim_locks_a_folder_and_takes_over_the_lock_of_a_killed_run(tmp_path):
     (tmp_path / "run" / "notes.tmp").write_text("the user's own file")
     note = checkpoint.claim(folder)
     assert note.endswith(f"the run of pid {holder.pid} ended without releasing it (killed?); taking it over")
-    assert sorted(os.listdir(folder)) == ["lock", "notes.tmp"]  # the killed run's temporary is gone, not the user's
+    assert sorted(os.listdir(folder)) == [checkpoint.LOCK, "notes.tmp"]  # the killed run's temporary is gone, not the user's
     checkpoint.release(folder)
     assert os.listdir(folder) == ["notes.tmp"]
 
@@ -152,7 +152,7 @@ def test_one_run_per_folder_and_ctrl_c_then_resume_is_exact(tmp_path):
     assert err.strip().splitlines() == [
         f"error: interrupted at iter {err.split('at iter ')[1].split(';')[0]}; {run}/ckpt.pt (iter {saved}) is kept: "
         f"continue with python train.py --init_from resume --out_dir {run}"]
-    assert not os.path.exists(os.path.join(run, "lock"))
+    assert not os.path.exists(os.path.join(run, checkpoint.LOCK))
     train_rows = [row["iter"] for row in map(json.loads, open(os.path.join(run, "metrics.jsonl"))) if "loss" in row]
     assert train_rows == list(range(len(train_rows)))  # one run's rows, none of the refused one's
     assert torch.load(os.path.join(run, "ckpt.pt"), weights_only=False)["config"]["seed"] == 1337
@@ -176,9 +176,9 @@ def test_ctrl_c_stops_a_grid_at_once_and_the_rerun_gives_the_uninterrupted_resul
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=30)
     assert time.time() - t < 10 and p.returncode == 130 and "Traceback" not in err, err
-    assert err.strip().splitlines() == [f"interrupted: the finished runs are kept in {grid}; run the same command "
+    assert err.strip().splitlines() == [f"error: interrupted; the finished runs are kept in {grid}; run the same command "
                                         f"again to continue (a half-trained run resumes from its last checkpoint)"]
-    assert not list(grid.glob("**/lock")) and not (grid / "runs.json").exists()  # every run stopped cleanly
+    assert not list(grid.glob(f"**/{checkpoint.LOCK}")) and not (grid / "runs.json").exists()  # every run stopped cleanly
     assert "error: interrupted at iter" in (grid / "runs" / "r0.00_s1" / "train.log").read_text()  # not finished
     run_script(*args, "--out", str(grid), timeout=300)
     run_script(*args, "--out", str(tmp_path / "whole"), timeout=300)

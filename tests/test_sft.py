@@ -207,7 +207,7 @@ def test_compare_sft_tiny_writes_a_table_and_a_plot_then_reuses_the_runs(tmp_pat
     assert "pre-training" not in p.stdout and "[1/" not in p.stdout and (out / "results.md").read_text() == md
     # other settings in the same folder are refused
     p = run_script("experiments/compare_sft.py", "--preset", "tiny", "--out", str(out), "--set", "max_iters=9", check=False)
-    assert p.returncode != 0 and "holds runs trained with other settings" in p.stderr
+    assert p.returncode != 0 and "holds results of other settings" in p.stderr
 
 
 @pytest.mark.parametrize("args,message", [

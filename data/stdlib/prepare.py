@@ -38,9 +38,11 @@ import sysconfig
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
+if __name__ == "__main__":
+    configurator.exit_on_ctrl_c("nothing was written")
 from configurator import die  # noqa: E402
 from tokenizer import bpe_tokenizer, check_out_dir, train_bpe, write_dataset  # noqa: E402
-import configurator  # noqa: E402
 
 SKIP = ("site-packages", "test", "tests", "idlelib", "idle_test")  # folders left out: vendored code, test suites
 SEPARATOR = "\n\n\n"  # between documents in the token stream

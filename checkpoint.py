@@ -1,26 +1,29 @@
 """
-Checkpoints and the folders runs live in, kept safe for the user (train.py, sample.py, bench.py
-and the experiments all go through here):
+Checkpoints and the folders runs live in, kept safe for the user (train.py, sample.py, export.py,
+the prepare scripts and the experiments all go through here):
 
 - save_checkpoint(ckpt, path): atomic (a kill leaves the old file or the new one, never half of
   one), and never non-finite weights (ValueError); a failed write (a full disk, a read-only
   folder) removes its partial file and raises OSError saying what happened and where.
 - load_checkpoint(path): a train.py checkpoint (a ckpt.pt, or the folder holding one), or
-  ValueError with one line saying what is wrong.
-- load_model(path): the model of a checkpoint, in eval mode, with its settings and its step;
-  model_of(ckpt) builds it from a checkpoint already loaded; check_whole(ckpt) also checks its
-  weights are finite and its tokenizer's meta and [MASK] id fit.
+  ValueError with one line saying what is wrong (is_hf_export: a Hugging Face folder instead).
+- load_model(path): the model of a checkpoint, in eval mode, with its settings (settings(ckpt):
+  each of its type) and its step; model_of(ckpt) builds it from a checkpoint already loaded, every
+  weight checked against its model_args; check_whole(ckpt) also checks the weights are finite and
+  the tokenizer's meta and [MASK] id fit.
 - write_atomically(path, write): any file (or folder), through a temporary one of this process's
-  own and a rename (write_all_atomically: several files, all renamed at the end);
+  own and a rename (write_all_atomically: several files, replaced together);
   clear_stale_temps(folder) removes the temporaries that killed processes left.
 - truncate_log(path, before): a resumed run's metrics.jsonl, cut back to its checkpoint.
 - check_writable(folder): fail before the work, not after it.
-- claim(folder), or claim_or_die(folder, flag) in a script: one run per folder. Creates the folder, locks it for this process (released at
-  exit; a second run is refused while the first lives, and a lock left by a killed run is taken
-  over with a note), and removes the temporaries that killed processes left in it.
-The lock is an fcntl lock on folder/.nanomeap-lock (Linux, macOS), which holds the owner's pid: the kernel
-drops the lock when its process dies, however it dies, so a lock file is stale exactly when nobody
-holds it, and a clean exit removes the file. Without fcntl (Windows) folders are not locked.
+- claim(folder), or claim_or_die(folder, flag) in a script: one run per folder. Creates the
+  folder, locks it for this process (released at exit; a second run is refused while the first
+  lives, and a lock left by a killed run is taken over with a note), and removes the temporaries
+  that killed processes left in it.
+The lock is an fcntl lock on folder/.nanomeap-lock (Linux, macOS), which holds the owner's pid:
+the kernel drops the lock when its process dies, however it dies, so a lock file is stale exactly
+when nobody holds it, and a clean exit removes the file. Without fcntl (Windows) folders are not
+locked. reserved(path) refuses the names of the lock and of temporaries for a user's folder.
 """
 
 import atexit

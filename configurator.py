@@ -135,7 +135,8 @@ def check_ranges(s):
     if s["learning_rate"] == 0 or not (0 <= s["beta1"] < 1 and 0 <= s["beta2"] < 1) or s["seed"] < 0 or \
             s["warmup_iters"] < 0:
         raise ConfigError(f"need --learning_rate > 0, --beta1 and --beta2 in [0, 1), --seed >= 0 and --warmup_iters "
-                          f">= 0 (got {s['learning_rate']}, {s['beta1']}, {s['beta2']}, {s['seed']}, {s['warmup_iters']})")
+                          f">= 0 (got {s['learning_rate']}, {s['beta1']}, {s['beta2']}, {s['seed']}, "
+                          f"{s['warmup_iters']})")
 
 
 def check_memory(model_config, tokens, device):

@@ -289,7 +289,8 @@ def import_hf(src, dst):
             f"it may be truncated")
     model_args = dataclasses.asdict(cfg)
     exported = extra.get("model_args") or {k: v for k, v in extra["config"].items() if k in SHAPE}  # (older exports)
-    edited = [f"{k} {model_args[k]} (exported: {v})" for k, v in exported.items() if k in model_args and v != model_args[k]]
+    edited = [f"{k} {model_args[k]} (exported: {v})" for k, v in exported.items()
+              if k in model_args and v != model_args[k]]
     if edited:
         die(f"--from {src}: config.json differs from the checkpoint it was exported from ({', '.join(edited)}); "
             f"export that checkpoint again")

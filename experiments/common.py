@@ -440,16 +440,16 @@ def claim_out(out, grid, planned=None, key="mask_ratio", overwrite=False):
     runs_path = os.path.join(out, "runs.json")
     if planned and os.path.exists(runs_path):
         recorded = load_runs(out, key)[1]
-        again = [f"{row} seed {seed}" for (row, seed), done in planned.items()
-                 if (row, seed) in recorded and not os.path.exists(done)]
+        again = [f"{row} seed {seed}" for (row, seed), done in planned.items()  # (a half-trained one continues)
+                 if (row, seed) in recorded and not os.path.exists(os.path.dirname(done))]
         if again and overwrite:
             print(f"--overwrite: training {len(again)} run(s) that {runs_path} records again; their records "
                   f"will be replaced ({', '.join(again)})", flush=True)
         elif again:
             die(f"{runs_path} already records {len(again)} of these runs ({', '.join(again[:3])}"
                 f"{', ...' if len(again) > 3 else ''}) whose run folders are not here (a fresh clone?); "
-                f"--report {shlex.quote(out)} rewrites the report from them, --overwrite trains them again and replaces "
-                f"their records, or give a new --out")
+                f"--report {shlex.quote(out)} rewrites the report from them, --overwrite trains them again and "
+                f"replaces their records, or give a new --out")
     write_json(cfg_path, grid)
 
 

@@ -80,8 +80,8 @@ def run_pilot(out, name, stages, threads):
     probe each stage into out/name.json; returns its data."""
     path = os.path.join(out, f"{name}.json")
     what, extra = PILOTS[name]
-    data = read_json_or_die(path) if os.path.exists(path) else {"pilot": name, "what": what, "settings": {**BASE, **extra},
-                                                          "stages": []}
+    data = read_json_or_die(path) if os.path.exists(path) else {"pilot": name, "what": what,
+                                                                 "settings": {**BASE, **extra}, "stages": []}
     done = {st["step"] for st in data["stages"]}
     run_dir = os.path.join(out, "runs", name)
     for S in stages:
@@ -101,8 +101,9 @@ def run_pilot(out, name, stages, threads):
 
 def report(out):
     """out/results.md from out/*.json: one table row per pilot and stage, and each pilot's verdict."""
-    pilots = [read_json_or_die(os.path.join(out, f"{n}.json")) for n in PILOTS if os.path.exists(os.path.join(out, f"{n}.json"))]
-    pilots = [p for p in pilots if isinstance(p, dict) and p.get("stages")]  # (a pilot not yet probed once: none to show)
+    paths = [os.path.join(out, f"{n}.json") for n in PILOTS]
+    pilots = [read_json_or_die(path) for path in paths if os.path.exists(path)]
+    pilots = [p for p in pilots if isinstance(p, dict) and p.get("stages")]  # (a pilot not probed yet: nothing to show)
     if not pilots:
         die(f"{out} holds no probed pilot stage (NAME.json); run the pilots first")
     gaps = list(pilots[0]["stages"][0]["copying"]["random"])

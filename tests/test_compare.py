@@ -197,9 +197,10 @@ def test_bad_input_is_one_clear_line(tmp_path, args, msg):
 
 @pytest.mark.slow
 def test_a_failed_run_stops_the_grid_and_a_folder_keeps_one_configuration(tmp_path):
-    # a run that fails stops the grid with one line naming its log
-    p = run_script("experiments/compare.py", "--preset", "tiny", "--out", str(tmp_path / "bad"), "--set", "dataset=nope",
-                   check=False)
+    # a run that fails stops the grid with one line naming its log (here: its folder holds another file as its log)
+    os.makedirs(tmp_path / "bad" / "runs" / "r0.00_s1")
+    (tmp_path / "bad" / "runs" / "r0.00_s1" / "metrics.jsonl").write_text("not train.py's\n")
+    p = run_script("experiments/compare.py", "--preset", "tiny", "--out", str(tmp_path / "bad"), check=False)
     assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith("error: train.py failed for")
     assert "train.log" in p.stderr
     out = str(tmp_path / "g")

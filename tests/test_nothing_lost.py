@@ -197,7 +197,7 @@ def test_2_claim_out_refuses_to_retrain_a_recorded_run_unless_told(tmp_path, cap
     os.makedirs(os.path.join(out, "runs", "ntp_s1"))
     common.write_json(os.path.join(out, "runs.json"), {"runs": [{"arm": "ntp", "seed": 1}, {"arm": "base", "seed": 1}]})
     common.write_json(os.path.join(out, "runs", "ntp_s1", "sft.json"), {})
-    planned = {("ntp", 1): os.path.join(out, "runs", "ntp_s1", "sft.json"),  # finished: read back
+    planned = {("ntp", 1): os.path.join(out, "runs", "ntp_s1", "sft.json"),  # its folder is here: read back
                ("concat", 1): os.path.join(out, "runs", "concat_s1", "sft.json")}  # new: trained
     try:
         common.claim_out(out, {"a": 1}, planned, key="arm")  # nothing recorded would be trained again
@@ -438,7 +438,7 @@ def test_5_pilots_report_and_digest_read_broken_files_in_one_line(tmp_path, monk
 
 
 def test_5_a_model_too_large_for_the_machine_is_one_line(tmp_path):
-    for flag, value in (("--n_embd", "1e7"), ("--block_size", "1e8")):
+    for flag, value in (("--n_embd", "1e7"), ("--batch_size", "1e8"), ("--block_size", "1e7")):
         one_line(run_inprocess("train.py", flag, value, "--device", "cpu", "--out_dir", str(tmp_path / "run")),
                  "lower --n_embd, --n_layer, --block_size or --batch_size")
     assert not os.path.exists(tmp_path / "run")

@@ -124,7 +124,7 @@ def test_the_cli_probes_a_text_run_and_refuses_what_it_cannot_probe_in_one_line(
                       (["--out_dir", str(tmp_path)], "no checkpoint at"),
                       (["--out_dir", str(out), "--span", "50"], "need --span >= 2 with 8 + 2 x span + 16 <= block_size 96"),
                       (["--out_dir", str(out), "--depths", "0,2"], "depths in [0, 1]")]:
-        code, _, err = run_inprocess("experiments/probes.py", *args, "--device", "cpu")
+        code, _, err = run_inprocess("experiments/probes.py", *args, "--device", "cpu", "--overwrite")  # (probes.json)
         lines = err.strip().splitlines()
         assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], err
 

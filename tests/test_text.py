@@ -90,7 +90,7 @@ def test_prepare_errors_are_one_line(tmp_path):
     for args, msg in [(["--input", str(tmp_path / "missing.txt")], "cannot read --input"),
                       (["--input", __file__, "--val_fraction", "1.5"], "--val_fraction must be in (0, 1)"),
                       (["--epochs", "2"], "unrecognized arguments: --epochs 2"),
-                      (["--out_dir", __file__, "--input", __file__], f"cannot write to --out_dir {__file__}")]:
+                      (["--out_dir", __file__, "--input", __file__], f"--out_dir '{__file__}' is a file; give a folder")]:
         # the last --out_dir wins: a file, which no folder can be made at
         p = run_script("data/shakespeare_byte/prepare.py", "--out_dir", str(tmp_path / "o"), *args, check=False)
         lines = p.stderr.strip().splitlines()
@@ -159,7 +159,7 @@ def test_train_on_text_then_ask_the_needle(tmp_path, tiny_ckpt):
                       (["--out_dir", str(out), "--device", "tpu"], "--device 'tpu' is not a device")] + \
             ([] if torch.cuda.is_available() else [(["--out_dir", str(out), "--device", "cuda"],
                                                     "--device cuda, but CUDA is not available here; use --device cpu")]):
-        p = run_script("experiments/niah.py", *args, check=False)
+        p = run_script("experiments/niah.py", *args, "--overwrite", check=False)  # (niah.json is there)
         lines = p.stderr.strip().splitlines()
         assert p.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], p.stderr
 

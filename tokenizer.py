@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from checkpoint import write_atomically
+from checkpoint import reserved, write_all_atomically, write_atomically, write_failed
 import configurator
 from configurator import die
 
@@ -242,7 +242,6 @@ def check_out_dir(out_dir):
     """A one-line exit (die) unless out_dir is a folder that can be written, or can be created:
     called before the work, so a mistake costs no time. Creates nothing."""
     d = os.path.abspath(out_dir)
-    from checkpoint import reserved
     try:
         reserved(out_dir)
     except ValueError as e:
@@ -259,7 +258,6 @@ def write_dataset(out_dir, ids, tok, **extra):
     """ids {"train": ..., "val": ...} as out_dir/train.bin and val.bin (uint16), and meta.pkl
     (write_meta, with extra), all three replaced together or none (checkpoint.write_all_atomically).
     A failure (a full disk) is one line (die), and a folder this call created is removed again."""
-    from checkpoint import write_all_atomically, write_failed
     created = not os.path.isdir(out_dir)
     writes = {os.path.join(out_dir, f"{split}.bin"): np.asarray(v, dtype=np.uint16).tofile for split, v in ids.items()}
     writes[os.path.join(out_dir, "meta.pkl")] = meta_writer(tok, **extra)

@@ -9,7 +9,7 @@ in chunks, so neither the corpus nor its tokens ever sit in memory at once.
 
 Writes val.bin (the first --val_tokens tokens of the stream), train.bin (the next --tokens) and
 meta.pkl here. Documents are separated by <|endoftext|> (50256); MEAP's [MASK] is 50257. Each file
-is written as NAME.tmp and renamed when complete. Expected output ends with:
+is written under a temporary name and renamed when complete. Expected output ends with:
 
     val.bin 10,000,000 tokens, train.bin 10,000,000,000 tokens, meta.pkl -> data/fineweb
 """

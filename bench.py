@@ -27,7 +27,7 @@ import sys
 import time
 
 import configurator  # before torch: Ctrl-C while the libraries load is one line too
-configurator.exit_on_ctrl_c("no table was written")
+configurator.exit_on_ctrl_c("no table was written", at_once=True)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -64,10 +64,13 @@ if unknown:
 if steps < 1 or warmup < 0 or not seconds > 0 or not 0 <= mask_ratio < 1:
     die(f"need --steps >= 1, --warmup >= 0, --seconds > 0 and --mask_ratio in [0, 1) "
              f"(got {steps}, {warmup}, {seconds}, {mask_ratio})")
-if out:  # the table is written at the end: check the folder before minutes of timing
+if out:  # the table is written at the end: check the file and its folder before minutes of timing
+    if out.endswith(os.sep) or os.path.isdir(out):
+        die(f"--out {out} is a folder; give the table's file name, like results/bench/cpu.md")
     try:
+        checkpoint.reserved(out)
         checkpoint.check_writable(os.path.dirname(os.path.abspath(out)))
-    except OSError as e:
+    except (ValueError, OSError) as e:
         die(f"--out: {e}")
 try:
     precision = configurator.precision(device, dtype)  # as train.py sets it up
@@ -232,7 +235,11 @@ def save_table():
     def write(tmp):
         with open(tmp, "w") as f:
             f.write(head + "\n".join(lines) + "\n")
-    checkpoint.write_atomically(out, write)
+    configurator.exit_on_ctrl_c("no table was written")  # (by unwinding: no half-written file)
+    try:
+        checkpoint.write_atomically(out, write)
+    except OSError as e:
+        die(f"--out: {checkpoint.write_failed(out, e)}")
     print(f"wrote {out}")
 
 

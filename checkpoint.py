@@ -157,13 +157,13 @@ def write_all_atomically(writes, folder=False):
         for path, tmp in temps.items():
             if folder and os.path.lexists(path):  # (os.replace would put a folder over an empty one)
                 raise FileExistsError(17, "File exists", path)
-            if len(temps) > 1 and os.path.isfile(path):  # the old file, to undo this rename with
+            if len(temps) > 1 and os.path.lexists(path) and not os.path.isdir(path):  # to undo this rename with
                 backups[path] = backup = _new_temp(path, False)
+                os.remove(backup)
                 try:
-                    os.remove(backup)
-                    os.link(path, backup)
+                    os.link(path, backup, follow_symlinks=False)  # the old file (or link) itself
                 except OSError:
-                    shutil.copy2(path, backup)
+                    os.symlink(os.readlink(path), backup) if os.path.islink(path) else shutil.copy2(path, backup)
             os.replace(tmp, path)
             done.append(path)
     except BaseException as e:
@@ -269,8 +269,9 @@ def model_of(ckpt, device="cpu"):
 
 def check_whole(ckpt, where):
     """ValueError (one line, naming where) unless ckpt, a loaded checkpoint, is whole: the model its
-    model_args describe with every weight in its shape (model_of), all finite, the tokenizer's
-    meta, and a [MASK] id inside the vocabulary, right after the tokenizer's ids. Returns the model.
+    model_args describe with every weight in its shape (model_of), all finite, settings of their
+    types, the tokenizer's meta, and a [MASK] id inside the vocabulary, right after the tokenizer's
+    ids. Returns the model.
     What export.py and sample.py check before they use a checkpoint."""
     for key in ("meta", "mask_token_id"):
         if key not in ckpt:
@@ -282,7 +283,13 @@ def check_whole(ckpt, where):
     if not all_finite(ckpt["model"]):
         raise ValueError(f"{where} holds non-finite weights (a diverged run?)")
     meta, mask_id, vocab = ckpt["meta"], ckpt["mask_token_id"], model.config.vocab_size
-    if not isinstance(meta, dict) or "kind" not in meta:
+    try:
+        settings(ckpt)  # each setting of its type
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    ranks = meta.get("bpe_ranks", {}) if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or "kind" not in meta or not isinstance(ranks, dict) or not all(
+            isinstance(t, bytes) and t and type(r) is int for t, r in ranks.items()):
         raise ValueError(f"{where}: its meta (the tokenizer) is not train.py's: {str(meta)[:60]}")
     if isinstance(mask_id, bool) or not isinstance(mask_id, int) or not 0 <= mask_id < vocab:
         raise ValueError(f"{where}: its [MASK] id {mask_id!r} is not inside its vocabulary of {vocab} ids")
@@ -377,9 +384,11 @@ def claim(folder):
     check_writable(folder)
     lock_path = os.path.join(folder, LOCK)
     while True:
-        try:
-            f = open(lock_path, "a+")
+        try:  # never through a symbolic link: the lock is this folder's own file
+            f = os.fdopen(os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644), "r+")
         except OSError as e:
+            if os.path.islink(lock_path):
+                raise ValueError(f"{lock_path} is a symbolic link, not a nanoMEAP lock; move it away") from None
             raise OSError(f"cannot write to {folder} ({e.strerror})") from None
         if fcntl is None:
             break

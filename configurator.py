@@ -127,13 +127,17 @@ def check_ranges(s):
     (The model's shape is GPTConfig's to check, MEAP's and the data's batches.py's.)"""
     for k in ("batch_size", "block_size", "max_iters", "gradient_accumulation_steps", "eval_interval",
               "log_interval", "eval_iters", "eval_examples"):
-        if s[k] < 1:
-            raise ConfigError(f"--{k} must be at least 1, got {s[k]}")
+        if not 1 <= s[k] < 2**31:
+            raise ConfigError(f"--{k} must be at least 1 (and below 2**31), got {s[k]}")
+    if s["eval_examples"] > 10**6:  # generated and scored at every evaluation
+        raise ConfigError(f"--eval_examples must be at most 1,000,000, got {s['eval_examples']}")
+    if not 0 <= s["seed"] < 2**31:  # (2**31 and up seed the held-out data: batches.VAL_SEED)
+        raise ConfigError(f"--seed must be in [0, 2**31), got {s['seed']}")
     for k in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):  # (NaN fails every comparison)
         if not 0 <= s[k] <= 1e9:  # beyond, AdamW's float32 arithmetic overflows
             raise ConfigError(f"--{k} must be a number in [0, 1e9], got {s[k]}")
     if s["learning_rate"] == 0 or not (0 <= s["beta1"] < 1 and 0 <= s["beta2"] < 1) or s["seed"] < 0 or \
-            s["warmup_iters"] < 0:
+            not 0 <= s["warmup_iters"] < 2**31 or not -1 <= s["lr_decay_iters"] < 2**31:
         raise ConfigError(f"need --learning_rate > 0, --beta1 and --beta2 in [0, 1), --seed >= 0 and --warmup_iters "
                           f">= 0 (got {s['learning_rate']}, {s['beta1']}, {s['beta2']}, {s['seed']}, "
                           f"{s['warmup_iters']})")
@@ -147,8 +151,12 @@ def check_memory(model_config, tokens, device):
     import torch  # (not at the top: see exit_on_ctrl_c)
     import dataclasses
     from model import GPT
-    with torch.device("meta"):  # sizes without memory; two layers' worth, so n_layer costs nothing
-        one, two = (GPT(dataclasses.replace(model_config, n_layer=n)) for n in (1, 2))
+    try:
+        with torch.device("meta"):  # sizes without memory; two layers' worth, so n_layer costs nothing
+            one, two = (GPT(dataclasses.replace(model_config, n_layer=n)) for n in (1, 2))
+    except (RuntimeError, OverflowError) as e:  # a size past what torch can count
+        raise ConfigError(f"this model is too large to build ({str(e).splitlines()[0][:60]}); lower --n_embd, "
+                          f"--n_layer or --block_size") from None
     per_layer = two.num_params(False) - one.num_params(False)
     n_params = one.num_params(False) + (model_config.n_layer - 1) * per_layer
     need = 16 * n_params + 4 * sum(b.numel() for b in one.buffers()) + 8 * tokens * model_config.vocab_size
@@ -179,12 +187,19 @@ def die(msg, code=1):
     sys.exit(code)
 
 
-def exit_on_ctrl_c(what):
+def exit_on_ctrl_c(what, at_once=False):
     """From now on Ctrl-C ends the script with one line, `error: interrupted; what`, and exit code
     130. The exit unwinds like an exception, so a file half-written at that moment is removed (see
-    checkpoint.write_atomically) and what was there before is left as it was. Scripts call it
-    before they import torch (this module does not), so that Ctrl-C while it loads is one line too."""
-    signal.signal(signal.SIGINT, lambda signum, frame: die(f"interrupted; {what}", 130))
+    checkpoint.write_atomically) and what was there before is left as it was. at_once: exit on the
+    spot instead (os._exit), for a script that has written nothing yet: scripts call it so before
+    they import torch (this module does not), as an exception raised inside a C extension's import
+    can be swallowed there, and the script would go on."""
+    def stop(signum, frame):
+        if not at_once:
+            die(f"interrupted; {what}", 130)
+        print(f"error: interrupted; {what}", file=sys.stderr, flush=True)
+        os._exit(130)
+    signal.signal(signal.SIGINT, stop)
 
 
 def ctrl_c_raises():

@@ -23,6 +23,7 @@ complete: an interrupted export leaves nothing, and nothing that was there befor
 import argparse
 import base64
 import dataclasses
+import io
 import json
 import os
 import shlex
@@ -31,7 +32,7 @@ import tempfile
 
 import configurator  # before torch: Ctrl-C while the libraries load is one line too
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("nothing was written")
+    configurator.exit_on_ctrl_c("nothing was written", at_once=True)
 
 import torch  # noqa: E402
 
@@ -48,8 +49,11 @@ SHAPE = ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd")  # train.py s
 def require_transformers():
     """transformers and safetensors, or a one-line exit naming the install."""
     try:
-        import safetensors  # noqa: F401
+        import safetensors.torch  # noqa: F401
+        import tokenizers  # noqa: F401
         import transformers
+        from transformers import (AutoConfig, GenerationConfig, LlamaForCausalLM,  # noqa: F401
+                                  PreTrainedTokenizerFast)
     except ImportError:
         die(f"export.py needs Hugging Face transformers and safetensors: {INSTALL}")
     transformers.utils.logging.disable_progress_bar()  # one line of output per export, not a bar per file
@@ -213,7 +217,8 @@ def export(src, dst):
     cfg = GPTConfig(**ckpt["model_args"])
     mask_id, meta = ckpt["mask_token_id"], ckpt["meta"]
     extra = {"config": ckpt["config"], "meta": meta_to_json(meta), "iter_num": ckpt.get("iter_num", 0),
-             "model_args": dataclasses.asdict(cfg)}  # so that the import can tell an edited config.json
+             # so that the import can tell an edited config.json or tokenizer:
+             "model_args": dataclasses.asdict(cfg), "tokenizer": tokenizer.of_checkpoint(ckpt)}
     mlp_width = ckpt["model"]["blocks.0.mlp.gate_proj.weight"].shape[0]  # model.MLP's ~8/3 n_embd
     tok = hf_tokenizer(meta, mask_id)  # before writing: it may need tiktoken's files
 
@@ -261,8 +266,10 @@ def import_hf(src, dst):
     if not extra:
         die(f"--from {src} was not written by export.py (config.json has no nanomeap settings); "
             f"only nanoMEAP's own exports can come back")
-    kinds = {"config": dict, "meta": dict, "mask_token_id": int}
-    bad = [k for k, kind in kinds.items() if not isinstance(extra, dict) or not isinstance(extra.get(k), kind)]
+    kinds = {"config": dict, "meta": dict, "mask_token_id": int, "iter_num": int, "model_args": dict, "tokenizer": dict}
+    optional = ("iter_num", "model_args", "tokenizer")  # (older exports lack them)
+    bad = [k for k, kind in kinds.items() if not isinstance(extra, dict) or
+           (not isinstance(extra.get(k), kind) and not (k in optional and k not in extra))]
     if bad:
         die(f"--from {src}: config.json's nanomeap block lacks a valid {', '.join(bad)}; export the checkpoint again")
     theta = (getattr(c, "rope_parameters", None) or {}).get("rope_theta", getattr(c, "rope_theta", 10000.0))
@@ -288,9 +295,9 @@ def import_hf(src, dst):
         die(f"--from {src}: cannot read model.safetensors ({type(e).__name__}: {str(e).splitlines()[0][:80]}); "
             f"it may be truncated")
     model_args = dataclasses.asdict(cfg)
-    exported = extra.get("model_args") or {k: v for k, v in extra["config"].items() if k in SHAPE}  # (older exports)
-    edited = [f"{k} {model_args[k]} (exported: {v})" for k, v in exported.items()
-              if k in model_args and v != model_args[k]]
+    exported = [*extra.get("model_args", {}).items(), *((k, v) for k, v in extra["config"].items() if k in SHAPE)]
+    edited = sorted({f"{k} {model_args[k]} (exported: {v})" for k, v in exported
+                     if k in model_args and v != model_args[k]})
     if edited:
         die(f"--from {src}: config.json differs from the checkpoint it was exported from ({', '.join(edited)}); "
             f"export that checkpoint again")
@@ -305,8 +312,18 @@ def import_hf(src, dst):
             "iter_num": extra.get("iter_num", 0)}
     try:
         checkpoint.check_whole(ckpt, f"--from {src}")  # shapes, finite weights, [MASK] inside the vocabulary
+        if "tokenizer" in extra and tokenizer.of_checkpoint(ckpt) != extra["tokenizer"]:
+            raise ValueError(f"--from {src}: its tokenizer (nanomeap.meta) differs from the one exported; export the "
+                             f"checkpoint again")
+        buffer = io.BytesIO()  # what train.py will read back (weights_only): saved and loaded here first
+        torch.save(ckpt, buffer)
+        buffer.seek(0)
+        torch.load(buffer, weights_only=True)
     except ValueError as e:
         die(e)
+    except Exception as e:  # a value torch.load(weights_only=True) refuses
+        die(f"--from {src}: its settings cannot be kept in a checkpoint train.py reads ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:80]})")
 
     def write(tmp):
         torch.save(ckpt, os.path.join(tmp, "ckpt.pt"))  # (check_whole: finite; the folder is renamed whole)
@@ -330,6 +347,8 @@ def main(argv=None):
     for flag, value in (("--out_dir", args.out_dir), ("--from", args.source), ("--to", args.to)):
         if value is not None and not value.strip():
             die(f"{flag} is empty; give a folder")
+    configurator.exit_on_ctrl_c(f"nothing was written to --to {args.to}", at_once=True)
+    require_transformers()  # loaded at once (see exit_on_ctrl_c); then Ctrl-C unwinds, removing a half-written --to
     configurator.exit_on_ctrl_c(f"nothing was written to --to {args.to}")
     if args.out_dir is not None:
         dst = export(args.out_dir, args.to)

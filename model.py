@@ -176,6 +176,8 @@ class GPTConfig:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if not 0 <= self.emb_common < 1e3:  # (also catches NaN)
             raise ValueError(f"emb_common must be in [0, 1000), got {self.emb_common}")
+        if not 0 < self.rope_theta < float("inf"):
+            raise ValueError(f"rope_theta must be a positive number, got {self.rope_theta}")
 
 
 class GPT(nn.Module):

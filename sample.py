@@ -14,7 +14,7 @@ import os
 import sys
 
 import configurator  # before torch: Ctrl-C while the libraries load is one line too
-configurator.exit_on_ctrl_c("stopped sampling")
+configurator.exit_on_ctrl_c("stopped sampling", at_once=True)
 
 import torch  # noqa: E402
 
@@ -39,6 +39,10 @@ MAX_TOKENS = 10**6
 
 if num_samples < 1 or max_new_tokens < 1:
     die(f"--num_samples and --max_new_tokens must be at least 1 (got {num_samples} and {max_new_tokens})")
+if not (temperature == 0 or 1e-3 <= temperature <= 1e3):  # beyond, float32 logits overflow or flatten (NaN too)
+    die(f"--temperature must be 0 (greedy) or in [0.001, 1000], got {temperature}")
+if not 0 <= seed < 2**31:
+    die(f"--seed must be in [0, 2**31), got {seed}")
 if num_samples * max_new_tokens > MAX_TOKENS:  # each new token costs a forward pass: beyond this, hours
     die(f"--num_samples x --max_new_tokens is {num_samples * max_new_tokens:,}; sample.py draws at most "
         f"{MAX_TOKENS:,} tokens in all (lower either)")

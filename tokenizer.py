@@ -191,11 +191,22 @@ def read_meta(data_dir):
     return {"kind": "meta", **meta}
 
 
+def of_checkpoint(ckpt):
+    """identity() of the tokenizer a loaded checkpoint was trained with: the one it keeps, or (a
+    checkpoint from before it kept one) that of its meta. ValueError (one line) if it has neither."""
+    kept, meta = ckpt.get("tokenizer"), ckpt.get("meta")
+    if isinstance(kept, dict) and set(kept) == {"name", "vocab_size", "mask_token_id", "fingerprint"}:
+        return kept
+    if kept is not None or not isinstance(meta, dict):
+        raise ValueError("its record of its tokenizer (tokenizer, meta) is not train.py's: an edited checkpoint?")
+    return identity(meta, ckpt.get("mask_token_id"))
+
+
 def check_same(ckpt, data_dir):
     """ValueError (one line) unless the dataset in data_dir has the tokenizer that the loaded
     checkpoint ckpt was trained with (a dataset prepared again since would give other text)."""
     meta = read_meta(data_dir)
-    trained = ckpt.get("tokenizer") or identity(ckpt["meta"], ckpt["mask_token_id"])
+    trained = of_checkpoint(ckpt)
     now = identity(meta, meta["vocab_size"])
     if trained != now:
         raise ValueError(f"the checkpoint was trained with the tokenizer {describe(trained)}, but {data_dir} now has "
@@ -300,13 +311,14 @@ def prepare_main(tokenizer_name, default_out, argv=None):
     args = ap.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         die(f"--val_fraction must be in (0, 1), got {args.val_fraction}")
-    configurator.exit_on_ctrl_c(f"{args.out_dir} is as it was (its files are replaced together, at the end)")
+    configurator.exit_on_ctrl_c(f"{args.out_dir} is as it was", at_once=True)
     check_out_dir(args.out_dir)
     try:
         tok = get_tokenizer(tokenizer_name)
     except ValueError as e:
         die(f"{e}")
     text = read_text(args.input, TINY_SHAKESPEARE)
+    configurator.exit_on_ctrl_c(f"{args.out_dir} is as it was (its files are replaced together, at the end)")
     counts = prepare(args.out_dir, text, tok, args.val_fraction)
     configurator.work_done()
     print(f"{len(text):,} characters -> {tokenizer_name} ({tok.vocab_size:,} ids, [MASK] = {tok.mask_id})")

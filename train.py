@@ -32,7 +32,7 @@ import sys
 import time
 
 import configurator  # before torch: Ctrl-C while the libraries load is one line too
-configurator.exit_on_ctrl_c("nothing was trained")
+configurator.exit_on_ctrl_c("nothing was trained", at_once=True)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -144,14 +144,16 @@ elif init_from != "scratch":  # fine-tune: the weights and the model's shape fro
     if not os.path.exists(start_path):
         die(checkpoint.hf_export_hint(init_from, "--init_from") or f"--init_from {init_from}: no checkpoint there "
             f"(give a ckpt.pt, its folder, 'scratch' or 'resume')")
-    if os.path.abspath(os.path.dirname(start_path)) == os.path.abspath(out_dir):
+    if os.path.realpath(os.path.dirname(start_path)) == os.path.realpath(out_dir):
         die(f"--out_dir {out_dir} holds the checkpoint this run starts from; give the fine-tuned model its own --out_dir")
 if init_from != "scratch":
     try:
         ckpt = checkpoint.load_checkpoint(start_path)
     except ValueError as e:
         die(f"{e}; use a new --out_dir" if init_from == "resume" else e)
-    lacks = [k for k in ("optimizer", "scaler", "rng", "iter_num") if k not in ckpt]
+    lacks = [k for k in ("optimizer", "scaler", "rng") if k not in ckpt]
+    if type(ckpt.get("iter_num")) is not int or ckpt["iter_num"] < 0:
+        lacks.append("a step count (iter_num >= 0)")
     if init_from == "resume" and lacks:
         die(f"{start_path} lacks {', '.join(lacks)}: it cannot continue exactly; fine-tune from it "
             f"(--init_from {shlex.quote(out_dir)} with a new --out_dir) or start a new run")
@@ -192,6 +194,20 @@ else:
     ddp_rank, ddp_world_size = 0, 1
 master = ddp_rank == 0  # the process that evaluates, logs and saves
 
+
+
+def model_config_for(vocab_size):
+    """This run's GPTConfig: it checks the shape, and pads the vocabulary ([MASK] included) to a
+    multiple of 64."""
+    return GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd,
+                     vocab_size=vocab_size, init=init, emb_common=emb_common)
+
+
+try:  # before the data are read: a block of 10**10 tokens is refused here, not in a batch (64: the least vocabulary)
+    configurator.check_memory(model_config_for(64), batch_size * block_size, device)
+except ValueError as e:
+    die(e)
+
 # -----------------------------------------------------------------------------
 # data. Every batch is a pure function of (seed, rank, iteration, micro-step) (batches.py): a
 # resumed run sees exactly the data, and the masks, of the uninterrupted one, and NTP and MEAP runs
@@ -203,7 +219,10 @@ except ValueError as e:
 mask_token_id, meta = data.mask_token_id, data.meta
 tokenizer_id = tokenizer.identity(meta, mask_token_id)  # saved with every checkpoint
 if ckpt is not None:  # the ids must mean what they meant when the checkpoint was trained
-    trained_with = ckpt.get("tokenizer") or tokenizer.identity(ckpt.get("meta", {}), ckpt.get("mask_token_id"))
+    try:
+        trained_with = tokenizer.of_checkpoint(ckpt)
+    except ValueError as e:
+        die(f"{start_path}: {e}")
     if trained_with != tokenizer_id:
         now = "the synthetic tasks have" if dataset == "synthetic" else f"{data.data_dir} now has"
         die(f"{start_path} was trained with the tokenizer {tokenizer.describe(trained_with)}, but {now} "
@@ -219,17 +238,13 @@ def to_device(*ts):
 # -----------------------------------------------------------------------------
 # model and optimizer
 torch.manual_seed(seed)
-try:  # GPTConfig checks the shape, and pads the vocabulary ([MASK] included) to a multiple of 64
-    model_config = GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head,
-                             n_embd=n_embd, vocab_size=data.vocab_size, init=init, emb_common=emb_common)
+try:  # the shape checked, and a model too large for the machine refused, before any memory is taken
+    model_config = model_config_for(data.vocab_size)
+    configurator.check_memory(model_config, batch_size * data.row_len, device)
 except ValueError as e:
     die(e)
 model_args = dataclasses.asdict(model_config)  # saved with every checkpoint: what builds the model again
-try:  # too large for the machine: one line before any memory is taken, not a crash
-    configurator.check_memory(model_config, batch_size * data.row_len, device)
-    raw_model = GPT(model_config).to(device)
-except configurator.ConfigError as e:
-    die(e)
+raw_model = GPT(model_config).to(device)
 optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 iter_num = saved_iter = 0  # saved_iter: the step of the last checkpoint in out_dir (0: none yet)
 if ckpt is not None:  # resume: weights, optimizer, loss scaler, random state; fine-tune: the weights
@@ -349,6 +364,7 @@ metrics_path = os.path.join(out_dir, "metrics.jsonl")
 if master:  # one run per out_dir: lock it, and never replace a finished run unasked (checkpoint.py)
     if checkpoint.is_hf_export(out_dir):
         die(f"--out_dir {out_dir} holds a Hugging Face model (config.json), not a train.py run; use another folder")
+    configurator.exit_on_ctrl_c("nothing was trained")  # from here, by unwinding: the lock is released
     checkpoint.claim_or_die(out_dir, "out_dir")
     if init_from != "resume" and os.path.exists(ckpt_path) and not overwrite:
         die(f"{out_dir} already holds a run ({ckpt_path}); continue it with --init_from resume, "
@@ -441,6 +457,7 @@ try:  # Ctrl-C: stop at once, keep the last checkpoint, say how to continue
         iter_num += 1
 except KeyboardInterrupt:
     die(f"interrupted at iter {iter_num}; {resume_hint()}", 130)
+configurator.work_done()  # trained and saved: Ctrl-C now would only cut the last lines short
 
 if ddp:  # every process should end with the same weights; check, then say so
     flat = torch.cat([p.detach().float().flatten() for p in raw_model.parameters()])

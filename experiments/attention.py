@@ -32,7 +32,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("nothing was written")
+    configurator.exit_on_ctrl_c("nothing was written", at_once=True)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -342,7 +342,7 @@ def main(argv=None):
     runs = os.path.join(args.grid, "runs")
     found = {}
     for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
-        m = re.fullmatch(r"r([0-9.]+)_s(\d+)", name)
+        m = re.fullmatch(r"r(\d+\.\d+)_s(\d+)", name)  # compare.run_name's
         if m and os.path.exists(os.path.join(runs, name, "ckpt.pt")):
             found[(float(m.group(1)), int(m.group(2)))] = os.path.join(runs, name)
     if not found:

@@ -323,9 +323,12 @@ def load_runs(out, key="mask_ratio"):
     """out/runs.json as (data, {(run[key], seed): run}); a one-line exit if it is not one."""
     path = os.path.join(out, "runs.json")
     data = read_json_or_die(path)
-    if not isinstance(data, dict) or not isinstance(data.get("runs"), list) or \
-            not all(isinstance(run, dict) and key in run and "seed" in run for run in data["runs"]):
+    runs = data.get("runs") if isinstance(data, dict) else None
+    if not isinstance(runs, list) or not isinstance(data.get("commands", []), list) or not all(
+            isinstance(run, dict) and isinstance(run.get(key), (int, float, str)) and type(run.get("seed")) is int
+            for run in runs):
         die(f"{path} is not a runs.json with a {key} and a seed in every run; restore it (git checkout)")
+    data.setdefault("commands", [])
     return data, {(run[key], run["seed"]): run for run in data["runs"]}
 
 
@@ -396,8 +399,9 @@ def apply_set(settings, pairs, fixed, hint):
         s = {**defaults, **configurator.parse([f"--{k}={v}" for k, v in settings.items()], defaults)}
         configurator.check_ranges(s)
         configurator.precision(s["device"], s["dtype"])
-        GPTConfig(block_size=s["block_size"], vocab_size=64, n_layer=s["n_layer"], n_head=s["n_head"],
-                  n_kv_head=s["n_kv_head"], n_embd=s["n_embd"], init=s["init"], emb_common=s["emb_common"])
+        least = GPTConfig(block_size=s["block_size"], vocab_size=64, n_layer=s["n_layer"], n_head=s["n_head"],
+                          n_kv_head=s["n_kv_head"], n_embd=s["n_embd"], init=s["init"], emb_common=s["emb_common"])
+        configurator.check_memory(least, s["batch_size"] * s["block_size"], s["device"])
         batches.check_meap(s, 64) if s["sft"] == "none" else batches.check_sft(s)
         data = os.path.join("data", s["dataset"], "train.bin")
         if s["dataset"] != "synthetic" and not os.path.exists(data):

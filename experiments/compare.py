@@ -38,7 +38,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("nothing was written")
+    configurator.exit_on_ctrl_c("nothing was written", at_once=True)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -362,6 +362,7 @@ def main(argv=None):
     cmd = " ".join(["python experiments/compare.py"] + (argv if argv is not None else sys.argv[1:]))
     record_runs(out, results, cmd, against=os.path.relpath(args.against, out) if args.against else None)
     print(report(out))
+    configurator.work_done()
     print(f"wrote {out}/runs.json, {out}/results.md and {out}/results.png | {(time.time() - t0) / 60:.1f} min")
 
 

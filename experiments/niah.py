@@ -25,7 +25,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("nothing was written")
+    configurator.exit_on_ctrl_c("nothing was written", at_once=True)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -116,7 +116,9 @@ def main(argv=None):
         die(f"no checkpoint at {path}; train one first (python train.py config/shakespeare_cpu.py)")
     try:
         ckpt = checkpoint.load_checkpoint(path)
-        cfg = checkpoint.settings(ckpt)
+        cfg, step = checkpoint.settings(ckpt), ckpt.get("iter_num", 0)
+        if not isinstance(ckpt.get("meta"), dict):
+            raise ValueError(f"{path}: its meta (the tokenizer) is not train.py's")
         checkpoint.check_writable(args.out_dir)  # niah.json goes there: check before the evaluation
         device = configurator.pick_device(args.device)
     except (ValueError, OSError) as e:
@@ -154,7 +156,7 @@ def main(argv=None):
         die(f"{path}: {e}")
     haystack = np.memmap(val, dtype=np.uint16, mode="r")
     what = f"MEAP {cfg['mask_ratio']}" if cfg["mask_ratio"] > 0 else "NTP"
-    print(f"{path}: {what}, step {ckpt['iter_num']}, data/{cfg['dataset']} ({tok.name}); {args.trials} trials per cell")
+    print(f"{path}: {what}, step {step}, data/{cfg['dataset']} ({tok.name}); {args.trials} trials per cell")
     try:
         res = evaluate(model, tok, haystack, lengths, depths, args.trials, args.seed, device)
     except ValueError as e:
@@ -165,7 +167,7 @@ def main(argv=None):
     write_json(os.path.join(args.out_dir, "niah.json"),
                {"lengths": lengths, "depths": depths, "trials": args.trials, "mean": overall,
                 "grid": [[res[(d, L)] for L in lengths] for d in depths]})
-    heatmap(res, lengths, depths, f"needle in a haystack: {what}, step {ckpt['iter_num']}",
+    heatmap(res, lengths, depths, f"needle in a haystack: {what}, step {step}",
             os.path.join(args.out_dir, "niah.png"))
     print(f"wrote {args.out_dir}/niah.json and {args.out_dir}/niah.png")
 

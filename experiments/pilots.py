@@ -24,7 +24,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("nothing was written")
+    configurator.exit_on_ctrl_c("nothing was written", at_once=True)
 
 from configurator import die  # noqa: E402
 from batches import VAL_SEED  # noqa: E402
@@ -171,7 +171,7 @@ def main(argv=None):
     if args.report:
         try:
             print(report(args.report), end="")
-        except (KeyError, TypeError, IndexError, AttributeError) as e:
+        except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
             die(f"{args.report}: a pilot file lacks what pilots.py writes ({type(e).__name__}: {e}); restore it "
                 f"(git checkout) or run the pilot again")
         print(f"wrote {args.report}/results.md")
@@ -197,6 +197,7 @@ def main(argv=None):
         interrupted(args.out)
     configurator.exit_on_ctrl_c(f"the finished runs are kept in {args.out}; the same command writes the report")
     print(report(args.out), end="")
+    configurator.work_done()
     print(f"wrote {args.out}/results.md")
 
 

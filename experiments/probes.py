@@ -29,7 +29,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("nothing was written")
+    configurator.exit_on_ctrl_c("nothing was written", at_once=True)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -205,6 +205,7 @@ def attention_on_text(model, haystack, mask_token_id, n=50, mask_ratio=0.15, see
 def load(out_dir, device="auto"):
     """(model, tok, haystack, ckpt) of a text checkpoint; ValueError (one line) if it cannot be probed."""
     ckpt = checkpoint.load_checkpoint(out_dir)
+    model = checkpoint.check_whole(ckpt, out_dir)  # (ValueError for an edited one)
     if ckpt["meta"].get("kind") == "synthetic":
         raise ValueError(f"{out_dir} was trained on the synthetic tasks; the probes need a text --dataset")
     data_dir = os.path.join("data", checkpoint.settings(ckpt)["dataset"])
@@ -213,8 +214,7 @@ def load(out_dir, device="auto"):
         raise ValueError(f"{val} not found: the probes read the checkpoint's held-out text; prepare it first")
     check_same(ckpt, data_dir)  # the held-out ids mean what they meant in training
     tok = for_meta(ckpt["meta"])
-    model = checkpoint.model_of(ckpt, configurator.pick_device(device))
-    return model, tok, np.memmap(val, dtype=np.uint16, mode="r"), ckpt
+    return model.to(configurator.pick_device(device)), tok, np.memmap(val, dtype=np.uint16, mode="r"), ckpt
 
 
 def main(argv=None):
@@ -231,6 +231,7 @@ def main(argv=None):
     try:
         keep_result(os.path.join(args.out_dir, "probes.json"), args.overwrite)
         model, tok, haystack, ckpt = load(args.out_dir, args.device)
+        cfg, step = checkpoint.settings(ckpt), ckpt.get("iter_num", 0)
         checkpoint.check_writable(args.out_dir)
         depths = [float(d) for d in args.depths.split(",")]
         T = ckpt["model_args"]["block_size"]
@@ -245,8 +246,8 @@ def main(argv=None):
         pk = passkey(model, tok, haystack, lengths, depths, args.examples, args.seed, dev)
     except ValueError as e:
         die(f"{e}")
-    what = f"MEAP {ckpt['config']['mask_ratio']}" if ckpt["config"]["mask_ratio"] > 0 else "NTP"
-    print(f"{args.out_dir}: {what}, step {ckpt['iter_num']}, data/{ckpt['config']['dataset']} ({tok.name})")
+    what = f"MEAP {cfg['mask_ratio']}" if cfg["mask_ratio"] > 0 else "NTP"
+    print(f"{args.out_dir}: {what}, step {step}, data/{cfg['dataset']} ({tok.name})")
     for kind, by_gap in res.items():
         for g, r in by_gap.items():
             print(f"copying {kind:6} span {args.span} gap {g:4}: accuracy first {r['acc_first']:.3f} second "
@@ -254,7 +255,7 @@ def main(argv=None):
     for (d, L), a in pk.items():
         print(f"passkey depth {d:.2f} length {L}: {a:.2f}")
     write_json(os.path.join(args.out_dir, "probes.json"),
-               {"step": ckpt["iter_num"], "span": args.span, "copying": {k: {str(g): r for g, r in v.items()}
+               {"step": step, "span": args.span, "copying": {k: {str(g): r for g, r in v.items()}
                                                                        for k, v in res.items()},
                 "passkey": [{"depth": d, "length": L, "acc": a} for (d, L), a in pk.items()]})
     print(f"wrote {args.out_dir}/probes.json")

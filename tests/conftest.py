@@ -1,7 +1,9 @@
 """The repository root on sys.path; the --slow option (without it the slow tests are skipped); a tiny
-checkpoint and a tiny grid, each trained once for the tests that read them; fixtures for faults (a read-only folder, a full disk)."""
+checkpoint and a tiny grid, each trained once for the tests that read them; fixtures for faults (a
+read-only folder, a full disk); this process's Ctrl-C handler restored after every test."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -27,6 +29,15 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "slow" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def keep_ctrl_c():
+    """The scripts' main() set how Ctrl-C ends them (configurator.exit_on_ctrl_c, work_done); a test
+    that calls one leaves this process's Ctrl-C as it was."""
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, handler)
 
 
 @pytest.fixture(scope="session")

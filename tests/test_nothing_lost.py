@@ -314,11 +314,16 @@ def test_4_export_refuses_a_checkpoint_that_is_not_whole(tmp_path, change, messa
     assert checksums(tmp_path) == before
 
 
+DELETE = object()
+
+
 def edit_config(folder, **nanomeap_or_fields):
     path = folder / "config.json"
     cfg = json.loads(path.read_text())
     for k, v in nanomeap_or_fields.items():
-        if k.startswith("nanomeap_"):
+        if k.startswith("nanomeap_") and v is DELETE:
+            del cfg["nanomeap"][k[len("nanomeap_"):]]
+        elif k.startswith("nanomeap_"):
             cfg["nanomeap"][k[len("nanomeap_"):]] = v
         else:
             cfg[k] = v
@@ -328,13 +333,19 @@ def edit_config(folder, **nanomeap_or_fields):
 IMPORT = [  # (edits to an exported folder, message)
     (dict(num_hidden_layers=1), "config.json differs from the checkpoint it was exported from (n_layer 1 (exported: 2))"),
     (dict(max_position_embeddings=16), "config.json differs from the checkpoint it was exported from (block_size 16"),
-    (dict(num_hidden_layers=1, nanomeap_model_args=None),  # an export from before model_args was kept
+    (dict(num_hidden_layers=1, nanomeap_model_args=DELETE, nanomeap_tokenizer=DELETE),  # from before they were kept
      "model.safetensors does not fit config.json's 1 layers (0 weights missing, 9 more"),
     (dict(nanomeap_mask_token_id=99999), "its [MASK] id 99999 is not inside its vocabulary of 192 ids"),
     (dict(nanomeap_config=None), "config.json's nanomeap block lacks a valid config"),
     (dict(nanomeap_meta="bpe"), "config.json's nanomeap block lacks a valid meta"),
     (dict(max_position_embeddings=-5), "config.json describes no model that model.py builds (need positive sizes"),
     (dict(nanomeap_config={"emb_common": -1.0}), "config.json describes no model that model.py builds (emb_common"),
+    (dict(nanomeap_config={"n_layer": 5}), "config.json differs from the checkpoint it was exported from (n_layer 2 "),
+    (dict(nanomeap_model_args=[1]), "config.json's nanomeap block lacks a valid model_args"),
+    (dict(rope_parameters={"rope_theta": float("nan"), "rope_type": "default"}),
+     "config.json describes no model that model.py builds (rope_theta"),
+    (dict(nanomeap_meta={"kind": "meta", "tokenizer": "bpe", "vocab_size": 163, "bpe_ranks": {"!!!": 1}}),
+     "its meta (the tokenizer) is not train.py's"),
     ("truncate", "cannot read model.safetensors (SafetensorError"),
 ]
 
@@ -378,7 +389,11 @@ def test_5_a_full_disk_or_a_second_export_is_one_line_and_leaves_nothing(tmp_pat
     monkeypatch.undo()
     assert run_inprocess("export.py", "--out_dir", str(tmp_path / "run"), "--to", str(tmp_path / "hf2"))[0] == 0
 
+    save = torch.save
+
     def full_disk(obj, path, *args, **kwargs):
+        if not isinstance(path, (str, os.PathLike)):  # (the import's check in memory)
+            return save(obj, path, *args, **kwargs)
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(torch, "save", full_disk)  # the import's one write
     one_line(run_inprocess("export.py", "--from", str(tmp_path / "hf2"), "--to", str(tmp_path / "back")),
@@ -402,10 +417,13 @@ def test_5_ctrl_c_in_export_and_import_is_one_line_and_leaves_nothing(tmp_path, 
 
 
 def test_5_ctrl_c_in_sample_and_prepare_is_one_line(tiny_ckpt, tmp_path, monkeypatch):
-    import model
-    interrupt_during(monkeypatch, model.GPT, "generate")
-    one_line(run_inprocess("sample.py", "--out_dir", str(tiny_ckpt), "--device", "cpu"), "interrupted; stopped sampling",
-             code=130)
+    p = subprocess.Popen([sys.executable, "sample.py", "--out_dir", str(tiny_ckpt), "--device", "cpu", "--num_samples",
+                          "10", "--max_new_tokens", "100000"], cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline()  # sampling has begun (sample.py exits on the spot: not in this process)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and err.strip() == "error: interrupted; stopped sampling", err
     text, data = tmp_path / "in.txt", tmp_path / "data"
     text.write_text("a first text, long enough to split. " * 20)
     assert run_inprocess("data/shakespeare_byte/prepare.py", "--input", str(text), "--out_dir", str(data))[0] == 0
@@ -472,6 +490,8 @@ def test_6_an_hf_export_given_as_a_run_says_how_to_bring_it_back(tmp_path):
     ("experiments/pilots.py", ["--only", "plain,nope"], "unknown pilot(s) nope; --only takes names among plain,"),
     ("experiments/pilots.py", ["--stages", "5,3"], "need increasing --stages >= 1 and --jobs >= 1 (got --stages 5,3"),
     ("experiments/digest.py", ["--chek"], "unrecognized arguments: --chek (python experiments/digest.py --help"),
+    ("bench.py", ["--out", "results/bench"], "--out results/bench is a folder; give the table's file name"),
+    ("bench.py", ["--out", "results/bench/.nanomeap-lock"], "are nanoMEAP's own"),
 ])
 def test_6_messages_name_the_fix(script, args, message):
     one_line(run_inprocess(script, *args), message)
@@ -521,11 +541,14 @@ def test_a_dataset_is_replaced_whole_or_not_at_all(tmp_path):
     assert run_inprocess("data/shakespeare_byte/prepare.py", "--input", str(text), "--out_dir", str(data))[0] == 0
     os.remove(data / "meta.pkl")
     (data / "meta.pkl").mkdir()  # the last of the three renames will fail, after train.bin's and val.bin's
+    os.rename(data / "val.bin", tmp_path / "elsewhere.bin")
+    os.symlink(tmp_path / "elsewhere.bin", data / "val.bin")  # a link is put back as the link it was
     before = checksums(data)
     text.write_text("a second text, which must not end up beside the first one's meta. " * 20)
     one_line(run_inprocess("data/shakespeare_byte/prepare.py", "--input", str(text), "--out_dir", str(data)),
              f"--out_dir: could not write {data}/meta.pkl")
     assert checksums(data) == before and sorted(os.listdir(data)) == ["meta.pkl", "train.bin", "val.bin"]
+    assert os.readlink(data / "val.bin") == str(tmp_path / "elsewhere.bin")
 
 
 def test_a_run_folder_keeps_files_that_are_not_the_runs(tiny_ckpt, tmp_path):
@@ -543,6 +566,11 @@ def test_a_run_folder_keeps_files_that_are_not_the_runs(tiny_ckpt, tmp_path):
     (d / "metrics.jsonl").rmdir()
     (d / checkpoint.LOCK).write_text("not a pid")
     one_line(run_inprocess("train.py", *TINY, "--max_iters", "2", "--out_dir", str(d)), "is not a nanoMEAP lock")
+    (d / checkpoint.LOCK).unlink()
+    (tmp_path / "outside").write_text("12345")
+    os.symlink(tmp_path / "outside", d / checkpoint.LOCK)  # never written through
+    one_line(run_inprocess("train.py", *TINY, "--max_iters", "2", "--out_dir", str(d)), "is a symbolic link")
+    assert (tmp_path / "outside").read_text() == "12345"
     (d / checkpoint.LOCK).unlink()
     assert {f: h for f, h in checksums(d).items() if "metrics" not in f} == \
         {f: h for f, h in before.items() if "metrics" not in f}
@@ -564,6 +592,15 @@ def test_an_edited_checkpoint_is_one_line(tiny_ckpt, tmp_path):
         return str(run)
     one_line(run_inprocess("train.py", "--init_from", "resume", "--out_dir", edited("norng", drop("rng"))),
              "ckpt.pt lacks rng: it cannot continue exactly")
+    negative = edited("negative", lambda c: c.update(iter_num=-5))
+    before = checksums(negative)
+    one_line(run_inprocess("train.py", "--init_from", "resume", "--out_dir", negative), "lacks a step count")
+    assert checksums(negative) == before  # metrics.jsonl not cut back to "iter < -5"
+    older = {k: v for k, v in torch.load(tiny_ckpt / "ckpt.pt", weights_only=False).items() if k != "tokenizer"}
+    for name, change in (("tok", lambda c: c.update(tokenizer="x")),
+                         ("meta", lambda c: (c.clear(), c.update(older, meta="junk")))):  # (no tokenizer kept)
+        one_line(run_inprocess("train.py", "--init_from", "resume", "--out_dir", edited(name, change)),
+                 "its record of its tokenizer (tokenizer, meta) is not train.py's")
     one_line(run_inprocess("train.py", "--init_from", "resume", "--out_dir",
                            edited("badcfg", lambda c: c["config"].update(block_size="x"))),
              "its saved setting --block_size expects int (like 64), got 'x'")
@@ -583,6 +620,8 @@ def test_experiments_read_broken_results_and_repeated_set_in_one_line(tmp_path):
     one_line(run_inprocess("experiments/compare.py", "--preset", "cpu", "--out", str(out)), "is not a grid.json")
     fresh = tmp_path / "fresh"
     for pairs, message in ((["task=foo"], "--set: unknown task 'foo'"),
+                           (["n_embd=100000000000"], "--set: this model is too large to build"),
+                           (["block_size=2000000000"], "lower --n_embd, --n_layer, --block_size or --batch_size"),
                            (["n_layer=1", "--set", "n_head=3"], "--set: need positive sizes")):  # both --set count
         one_line(run_inprocess("experiments/compare.py", "--preset", "tiny", "--out", str(fresh), "--set", *pairs),
                  message)
@@ -610,13 +649,14 @@ def test_probes_refuse_a_dataset_prepared_again(tmp_path):
     assert not os.path.exists(run / "probes.json")
 
 
-def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.Popen([sys.executable, "train.py", *TINY, "--out_dir", str(tmp_path / "run")], cwd=ROOT, env=env,
-                         stderr=subprocess.PIPE, text=True)
+@pytest.mark.parametrize("after", [0.2, 0.5, 0.9])
+def test_ctrl_c_while_the_libraries_load_is_one_line_and_ends_the_script(tmp_path, after):
     import time
-    time.sleep(0.3)  # in `import torch`
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.Popen([sys.executable, "train.py", *TINY, "--max_iters", "100000", "--out_dir", str(tmp_path / "run")],
+                         cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    time.sleep(after)  # in `import torch` (whose C code may swallow an exception raised there)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    _, err = p.communicate(timeout=60)  # it ends: it does not go on to train
     assert p.returncode == 130 and err.strip() == "error: interrupted; nothing was trained", err
     assert not os.path.exists(tmp_path / "run")

@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("nothing was written")
+    configurator.exit_on_ctrl_c("nothing was written", at_once=True)
 from configurator import die  # noqa: E402
 from tokenizer import bpe_tokenizer, check_out_dir, train_bpe, write_dataset  # noqa: E402
 
@@ -104,7 +104,7 @@ def main(argv=None):
         except ValueError as e:
             die(f"{e}")
     check_out_dir(args.out_dir)  # before the minute of work, too
-    configurator.exit_on_ctrl_c(f"{args.out_dir} is as it was (its files are replaced together, at the end)")
+    configurator.exit_on_ctrl_c(f"{args.out_dir} is as it was", at_once=True)
     root = args.root or sysconfig.get_paths()["stdlib"]
     files = stdlib_files(root)
     docs = {"train": [], "val": []}
@@ -134,6 +134,7 @@ def main(argv=None):
                                             np.random.default_rng(0))
         print(f"train.bin: a copied span of {span[0]}-{span[1]} tokens in {changed:,} of its "
               f"{len(ids['train']) // args.repeat_block:,} stretches of {args.repeat_block}")
+    configurator.exit_on_ctrl_c(f"{args.out_dir} is as it was (its files are replaced together, at the end)")
     write_dataset(args.out_dir, ids, tok, bpe_ranks=ranks, python=platform.python_version(),
                   repeat=[args.repeat, args.repeat_block, *span] if args.repeat else None)
     configurator.work_done()

@@ -77,7 +77,7 @@ def check_meap(c, mask_token_id):
     T = c["block_size"]
     spare = None if c["mask_queries"] else torch.zeros(T, dtype=torch.bool)
     checks = {"mask_ratio": lambda: num_masked(T, c["mask_ratio"]),
-              "mask_mode": lambda: sample_mask(1, T, c["mask_ratio"], c["mask_mode"], exclude=spare),
+              "mask_mode": lambda: sample_mask(1, T, c["mask_ratio"], mode=c["mask_mode"], exclude=spare),
               "corruption": lambda: meap_inputs(torch.zeros(1, T, dtype=torch.long), 0.0, mask_token_id,
                                                 corruption=c["corruption"], vocab_size=mask_token_id)}
     for flag, check in checks.items():

@@ -7,10 +7,33 @@ and the loss stays ordinary next-token cross-entropy at every position, so the m
 the next token, including the ones hidden in its own input, from a context with holes in it. No
 bidirectional attention, no extra loss term, no extra compute. Evaluation uses clean inputs.
 
+MEAP in your own training loop (this file needs only torch; the example runs as a test):
+
+    >>> import torch, torch.nn as nn, torch.nn.functional as F
+    >>> from mask import meap_inputs
+    >>> vocab_size = 100                      # your tokenizer's ids are 0..99
+    >>> mask_id = vocab_size                  # 1. [MASK] is the first free id: a new token...
+    >>> model = nn.Sequential(nn.Embedding(vocab_size + 1, 32), nn.Linear(32, vocab_size + 1))  # 2. ...one more row
+    >>> opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    >>> batches = torch.Generator().manual_seed(0)  # your data's random stream
+    >>> masks = torch.Generator().manual_seed(1)    # 3. MEAP's own: an NTP and a MEAP run see the same batches
+    >>> for step in range(3):
+    ...     tokens = torch.randint(vocab_size, (8, 33), generator=batches)
+    ...     x, y = tokens[:, :-1], tokens[:, 1:]  # (B, T) inputs and their clean next tokens
+    ...     x_in, _ = meap_inputs(x, 0.15, mask_id, generator=masks)  # 4. the MEAP line; y stays clean
+    ...     logits = model(x_in)                  # 5. the model reads x_in, (B, T, vocab_size + 1)
+    ...     loss = F.cross_entropy(logits.view(-1, vocab_size + 1), y.reshape(-1))
+    ...     opt.zero_grad(); loss.backward(); opt.step()
+    >>> (x_in == mask_id).sum(dim=1).tolist()  # floor(32 * 0.15) = 4 in every row, never the last input
+    [4, 4, 4, 4, 4, 4, 4, 4]
+
+Forget step 2 and the embedding fails on the id it has no row for; reuse a real id for [MASK] and
+meap_inputs says so. Ratio 0 is plain next-token prediction (NTP): the same loop, inputs untouched.
+
 As in the official code, the last input position is never masked, and the count is exact: every
 sequence gets exactly floor(T * ratio) masked positions, drawn without replacement, uniformly over
 positions 0..T-2. (The official code counts max(1, int(T * ratio)); the two agree whenever
-T * ratio >= 1, and where it is below 1 we mask nothing rather than one token.)
+T * ratio >= 1, and where it is below 1 we mask nothing rather than one token, with a warning.)
 
 Two ways to draw the positions:
 - "per_sequence" (default): each sequence in the batch gets its own positions. The most varied
@@ -28,6 +51,8 @@ Fine-tuning's layouts (§3.2) come after the pre-training functions, at the end 
 """
 
 import math
+import warnings
+from typing import NamedTuple
 
 import torch
 
@@ -35,24 +60,50 @@ MODES = ("per_sequence", "shared")
 CORRUPTIONS = ("mask", "random")
 
 
-def num_masked(seq_len, ratio):
-    """How many of seq_len input positions MEAP masks: floor(seq_len * ratio)."""
-    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-        raise ValueError(f"mask ratio must be in [0, 1) (0 = plain next-token prediction), got {ratio!r}")
-    return math.floor(seq_len * ratio)
+class MEAPInputs(NamedTuple):
+    """What meap_inputs returns: unpack it, `x_in, mask = meap_inputs(...)`."""
+    inputs: torch.Tensor  # the ids the model reads, [MASK] at the masked positions
+    mask: torch.Tensor    # bool, True where an input was replaced
 
 
-def check_mode(mode):
-    if mode not in MODES:
-        raise ValueError(f"mask mode must be one of {MODES}, got {mode!r}")
+def meap_inputs(idx, ratio, mask_token_id, *, mode="per_sequence", exclude=None, generator=None,
+                corruption="mask", vocab_size=None):
+    """MEAP's training input for the clean input ids idx, (B, T) or one sequence (T,), and the
+    mask used: (inputs, mask), each of idx's shape. A numpy array or list is taken as a torch tensor.
+    Ratio 0 returns idx itself and draws no random numbers: plain next-token prediction.
+    generator: a torch.Generator for the positions; without one the global RNG is used, and the
+    draws then shift your data's stream (an NTP and a MEAP run see different batches).
+    corruption "random" puts random real ids (below vocab_size) where "mask" puts [MASK].
+    The targets are not an argument on purpose: MEAP never changes them."""
+    ratio = _ratio(ratio)
+    check_mode(mode)
+    if corruption not in CORRUPTIONS:
+        raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {corruption!r}")
+    idx = _token_ids(idx)
+    one = idx.dim() == 1  # a single sequence: work on it as a batch of one
+    ids = idx[None] if one else idx  # (B, T)
+    B, T = ids.shape
+    if num_masked(T, ratio) == 0:
+        if ratio > 0:
+            warnings.warn(f"mask ratio {ratio} masks floor({T} * {ratio}) = 0 of {T} inputs: this is plain "
+                          f"next-token prediction; raise the ratio to {math.ceil(100 / T) / 100} or more for MEAP",
+                          stacklevel=2)
+        return MEAPInputs(idx, torch.zeros(idx.shape, dtype=torch.bool))
+    if corruption == "mask" and ids.device.type == "cpu" and bool((ids == mask_token_id).any()):
+        # (not checked on a GPU, where reading the answer would wait for the device)
+        raise ValueError(f"the [MASK] id {mask_token_id} is a real token of the input; use the first free id "
+                         f"(your vocabulary size) and give the embedding one more row for it")
+    mask = sample_mask(B, T, ratio, mode=mode, exclude=exclude, generator=generator)
+    if corruption == "random":
+        if vocab_size is None:
+            raise ValueError("corruption 'random' needs vocab_size, the number of real token ids")
+        out = apply_random(ids, mask, vocab_size, generator)
+    else:
+        out = apply_mask(ids, mask, mask_token_id)
+    return MEAPInputs(out[0], mask[0]) if one else MEAPInputs(out, mask)
 
 
-def shared_seed(step):
-    """The official code's seed for the shared columns of optimizer step `step`."""
-    return 50 + step % 51
-
-
-def sample_mask(batch_size, seq_len, ratio, mode="per_sequence", exclude=None, generator=None, last=False):
+def sample_mask(batch_size, seq_len, ratio, *, mode="per_sequence", exclude=None, generator=None, last=False):
     """Boolean (batch_size, seq_len) tensor, True where the input is to be replaced by [MASK]:
     exactly floor(seq_len * ratio) positions per row, uniformly among 0..seq_len-2.
 
@@ -95,24 +146,42 @@ def apply_random(idx, mask, vocab_size, generator=None):
     return torch.where(mask.to(idx.device), noise, idx)
 
 
-def meap_inputs(idx, ratio, mask_token_id, mode="per_sequence", exclude=None, generator=None,
-                corruption="mask", vocab_size=None):
-    """The MEAP training input for clean input ids idx (B, T), and the mask used.
-    Ratio 0 returns idx itself and draws no random numbers: plain next-token prediction.
-    corruption "random" puts random real ids (below vocab_size) where "mask" puts [MASK].
-    The targets are not an argument on purpose: MEAP never changes them."""
-    B, T = idx.shape
-    check_mode(mode)
-    if corruption not in CORRUPTIONS:
-        raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {corruption!r}")
-    if num_masked(T, ratio) == 0:
-        return idx, torch.zeros(B, T, dtype=torch.bool)
-    mask = sample_mask(B, T, ratio, mode, exclude, generator)
-    if corruption == "random":
-        if vocab_size is None:
-            raise ValueError("corruption 'random' needs vocab_size, the number of real token ids")
-        return apply_random(idx, mask, vocab_size, generator), mask
-    return apply_mask(idx, mask, mask_token_id), mask
+def num_masked(seq_len, ratio):
+    """How many of seq_len input positions MEAP masks: floor(seq_len * ratio)."""
+    return math.floor(seq_len * _ratio(ratio))
+
+
+def _ratio(ratio):
+    """ratio as a float in [0, 1): Python, numpy and one-element torch numbers alike; else ValueError."""
+    try:
+        r = None if isinstance(ratio, (str, bytes, bool)) else float(ratio)
+    except (TypeError, ValueError, RuntimeError):
+        r = None
+    if r is None or not 0 <= r < 1:
+        raise ValueError(f"mask ratio must be in [0, 1) (0 = plain next-token prediction), got {ratio!r}")
+    return r
+
+
+def _token_ids(idx):
+    """idx as an integer torch tensor of shape (B, T) or (T,); else ValueError saying what it got."""
+    try:
+        t = torch.as_tensor(idx)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"the input must be token ids, a (B, T) or (T,) tensor, got {type(idx).__name__}") from None
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool or t.dim() not in (1, 2):
+        raise ValueError(f"the input must be integer token ids of shape (B, T) or (T,), got {t.dtype} "
+                         f"{tuple(t.shape)}")
+    return t
+
+
+def check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"mask mode must be one of {MODES}, got {mode!r}")
+
+
+def shared_seed(step):
+    """The official code's seed for the shared columns of optimizer step `step`."""
+    return 50 + step % 51
 
 
 # -----------------------------------------------------------------------------

@@ -389,7 +389,7 @@ def get_batch(it, micro):
     else:
         x, y, query = data.clean("train", it, micro)
         # MEAP (§3.1): floor(T * mask_ratio) inputs per row become [MASK]; the targets y stay clean
-        x, _ = meap_inputs(x, mask_ratio, mask_token_id, mask_mode, exclude=None if mask_queries else query,
+        x, _ = meap_inputs(x, mask_ratio, mask_token_id, mode=mask_mode, exclude=None if mask_queries else query,
                            generator=data.mask_generator(it, micro), corruption=corruption, vocab_size=mask_token_id)
     return to_device(x, y)
 

@@ -30,7 +30,7 @@ def batches(rank=0, world_size=1, **settings):
 def meap(b, x, query, it=0, micro=0):
     """train.py's MEAP line, for the run whose Batches is b."""
     c = b.cfg
-    return meap_inputs(x, c["mask_ratio"], b.mask_token_id, c["mask_mode"], exclude=None if c["mask_queries"] else query,
+    return meap_inputs(x, c["mask_ratio"], b.mask_token_id, mode=c["mask_mode"], exclude=None if c["mask_queries"] else query,
                        generator=b.mask_generator(it, micro), corruption=c["corruption"], vocab_size=b.mask_token_id)[0]
 
 

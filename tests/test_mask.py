@@ -1,5 +1,7 @@
 import math
+import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,9 +22,9 @@ def test_exact_count_per_row_and_last_position_never_masked(T, ratio):
 
 
 def test_per_sequence_rows_differ_and_shared_rows_share_columns():
-    per = sample_mask(8, 64, 0.15, "per_sequence", generator=gen())
+    per = sample_mask(8, 64, 0.15, mode="per_sequence", generator=gen())
     assert len({tuple(r.tolist()) for r in per}) == 8
-    shared = sample_mask(8, 64, 0.15, "shared", generator=gen())
+    shared = sample_mask(8, 64, 0.15, mode="shared", generator=gen())
     assert (shared == shared[0]).all() and shared[0].sum() == 9
 
 
@@ -37,13 +39,13 @@ def test_excluded_positions_are_never_masked():
     assert not col[:, :4].any()
     # the official shared scheme has no exclusions: asking for one is an error, not a silent change
     with pytest.raises(ValueError, match="cannot exclude"):
-        sample_mask(4, 32, 0.3, "shared", exclude=exclude)
+        sample_mask(4, 32, 0.3, mode="shared", exclude=exclude)
 
 
 def test_shared_columns_cover_every_position_but_the_last():
     hit = torch.zeros(32, dtype=torch.bool)
     for s in range(200):
-        m = sample_mask(4, 32, 0.2, "shared", generator=gen(s))
+        m = sample_mask(4, 32, 0.2, mode="shared", generator=gen(s))
         assert (m == m[0]).all() and m[0].sum() == 6
         hit |= m[0]
     assert hit[:-1].all() and not hit[-1]
@@ -90,7 +92,8 @@ def test_ratio_zero_is_an_exact_no_op_that_draws_nothing():
     out, m = meap_inputs(x, 0, MASK, generator=g)
     assert out is x and not m.any()
     assert torch.equal(g.get_state(), state)
-    assert meap_inputs(x, 0.01, MASK)[0] is x  # floor(32 * 0.01) = 0: nothing to mask either
+    with pytest.warns(UserWarning, match=r"masks floor\(32 \* 0.01\) = 0 of 32 inputs"):
+        assert meap_inputs(x, 0.01, MASK)[0] is x  # nothing to mask either, but that is said
 
 
 def test_meap_inputs_puts_mask_at_the_positions_and_leaves_the_rest_and_the_input_alone():
@@ -113,6 +116,151 @@ def test_bad_ratio_raises_a_clear_value_error(ratio):
 def test_bad_mode_raises():
     with pytest.raises(ValueError, match="per_sequence"):
         meap_inputs(torch.zeros(1, 10, dtype=torch.long), 0.2, MASK, mode="columns")
+
+
+# --- mask.py in a student's own training loop (the frictions of copying it into coursework) ---
+
+
+def test_the_example_at_the_top_of_mask_py_runs():
+    import doctest
+
+    import mask
+    result = doctest.testmod(mask)
+    assert result.attempted >= 10 and result.failed == 0
+
+
+def test_the_result_unpacks_into_inputs_and_mask_and_says_so():
+    x = torch.randint(0, 50, (2, 20))
+    out = meap_inputs(x, 0.15, MASK, generator=gen())
+    x_in, m = out
+    assert x_in is out.inputs and m is out.mask and "inputs=" in repr(out) and "mask=" in repr(out)
+
+
+def test_options_after_the_ratio_and_the_id_are_keyword_only():
+    with pytest.raises(TypeError, match="positional"):
+        meap_inputs(torch.zeros(1, 10, dtype=torch.long), 0.2, MASK, gen())  # a generator, not a mode
+    with pytest.raises(TypeError, match="positional"):
+        sample_mask(1, 10, 0.2, "shared")
+
+
+@pytest.mark.parametrize("ratio", [np.float32(0.15), np.float64(0.15), torch.tensor(0.15), torch.tensor([0.15]),
+                                   np.array(0.15)])
+def test_numpy_and_torch_numbers_are_ratios(ratio):
+    x_in, m = meap_inputs(torch.randint(0, 50, (3, 40)), ratio, MASK, generator=gen())
+    assert (m.sum(1) == 6).all() and (x_in[m] == MASK).all() and num_masked(40, ratio) == 6
+
+
+def test_one_sequence_a_numpy_array_or_a_list_work_and_anything_else_is_one_clear_line():
+    seq = torch.randint(0, 50, (40,))
+    x_in, m = meap_inputs(seq, 0.15, MASK, generator=gen())
+    assert x_in.shape == m.shape == (40,) and m.sum() == 6 and torch.equal(x_in[~m], seq[~m])
+    arr = np.random.default_rng(0).integers(0, 50, (2, 40))
+    x_np, m_np = meap_inputs(arr, 0.15, MASK, generator=gen())
+    assert isinstance(x_np, torch.Tensor) and torch.equal(x_np[~m_np], torch.from_numpy(arr)[~m_np])
+    assert meap_inputs(list(range(20)), 0.1, MASK)[1].sum() == 2
+    for bad, said in [(torch.rand(2, 10), "integer token ids"), (torch.zeros(2, 3, 10, dtype=torch.long), r"\(2, 3, 10\)"),
+                      ("hello", "token ids"), (None, "token ids")]:
+        with pytest.raises(ValueError, match=said):
+            meap_inputs(bad, 0.15, MASK)
+
+
+@pytest.mark.parametrize("T", [2, 5, 6])
+def test_a_nonzero_ratio_that_masks_nothing_says_so(T):
+    x = torch.randint(0, 50, (2, T))
+    with pytest.warns(UserWarning, match=f"= 0 of {T} inputs: this is plain next-token prediction"):
+        x_in, m = meap_inputs(x, 0.15, MASK)
+    assert torch.equal(x_in, x) and not m.any()
+
+
+def test_a_mask_id_that_is_a_real_token_is_refused():
+    x = torch.arange(20)[None]  # ids 0..19
+    with pytest.raises(ValueError, match=r"\[MASK\] id 7 is a real token.*first free id"):
+        meap_inputs(x, 0.15, 7)
+    assert meap_inputs(x, 0.15, 20, generator=gen())[1].sum() == 3  # the first free id is right
+
+
+def test_with_its_own_generator_meap_sees_the_batches_ntp_sees_and_without_one_it_does_not():
+    def batches(ratio, own_stream):
+        torch.manual_seed(0)  # the student's global seed, which their batches come from
+        masks, seen = torch.Generator().manual_seed(1), []
+        for _ in range(3):
+            x = torch.randint(0, 50, (4, 32))
+            seen.append(x)
+            meap_inputs(x, ratio, MASK, generator=masks if own_stream else None)
+        return seen
+
+    assert all(torch.equal(a, b) for a, b in zip(batches(0, True), batches(0.15, True)))
+    assert not all(torch.equal(a, b) for a, b in zip(batches(0, False), batches(0.15, False)))
+
+
+STUDENT_LOOP = """
+import torch, torch.nn as nn, torch.nn.functional as F
+import mask
+from mask import meap_inputs
+
+V, T, D = 16, 24, 32  # a counting language: each token is the one before it plus 1 (mod 16)
+MASK_ID = V           # the first free id, and one more embedding row for it
+
+
+class TinyGPT(nn.Module):  # the student's own model: one causal attention layer and an MLP
+    def __init__(self):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(V + 1, D), nn.Embedding(T, D)
+        self.qkv, self.head = nn.Linear(D, 3 * D), nn.Linear(D, V + 1)
+        self.mlp = nn.Sequential(nn.Linear(D, 4 * D), nn.GELU(), nn.Linear(4 * D, D))
+
+    def forward(self, x):
+        h = self.tok(x) + self.pos(torch.arange(x.shape[1]))
+        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        h = h + F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.head(h + self.mlp(h))
+
+
+def train(ratio):
+    torch.manual_seed(0)
+    model, data, masks = TinyGPT(), torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for step in range(120):
+        tokens = (torch.randint(V, (16, 1), generator=data) + torch.arange(T + 1)) % V
+        x, y = tokens[:, :-1], tokens[:, 1:]
+        first = x if first is None else first
+        x_in, _ = meap_inputs(x, ratio, MASK_ID, generator=masks)
+        loss = F.cross_entropy(model(x_in).reshape(-1, V + 1), y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    tokens = (torch.arange(V)[:, None] + torch.arange(T + 1)) % V  # every start, clean inputs
+    with torch.no_grad():
+        acc = (model(tokens[:, :-1]).argmax(-1) == tokens[:, 1:]).float().mean().item()
+    return acc, int(x.sum()), int(first.sum())
+
+
+ntp, meap = train(0.0), train(0.15)
+print(mask.__file__)
+print("accuracy", ntp[0], meap[0], "batches", ntp[1:], meap[1:])
+"""
+
+
+def test_a_students_loop_becomes_meap_with_mask_py_copied_alone(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    shutil.copy(os.path.join(ROOT, "mask.py"), tmp_path / "mask.py")
+    (tmp_path / "student.py").write_text(STUDENT_LOOP)
+    # -E -s: no PYTHONPATH, no user site: only the folder with the two files and the installed packages
+    out = subprocess.run([sys.executable, "-E", "-s", "student.py"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr
+    where, line = out.stdout.split("\n")[:2]
+    assert os.path.dirname(where) == str(tmp_path)  # the copy, not the repository's
+    words = line.split()
+    acc_ntp, acc_meap = float(words[1]), float(words[2])
+    assert acc_ntp > 0.9 and acc_meap > 0.9  # chance is 1/16
+    assert line.split("batches ")[1].split(") (")[0] + ")" == "(" + line.split(") (")[1]  # the same batches
 
 
 # --- fine-tuning transforms (paper §3.2) ---

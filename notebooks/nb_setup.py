@@ -41,14 +41,20 @@ def train(runs):
     """Train runs = {out_dir: {flag: value}} with `python train.py --flag=value ... --out_dir=out_dir`,
     all at once, one CPU thread each (two 1-thread runs on 2 cores beat one 2-thread run), each
     logging to out_dir/train.log. Prints every command. A run whose checkpoint has reached its
-    max_iters is kept as it is; one that was stopped is resumed (--init_from=resume)."""
+    max_iters is kept as it is; one that was stopped is resumed (--init_from=resume); a folder
+    holding a run with other settings is refused."""
     from checkpoint import load_model  # here, not at the top: notebook 01 needs no checkpoints
 
     procs = {}
     for out, flags in runs.items():
         done = -1
         if os.path.exists(os.path.join(out, "ckpt.pt")):
-            done = load_model(out)[2]  # the step the checkpoint was saved at
+            _, saved, done = load_model(out)  # the run's settings, and the step it was saved at
+            other = [f"{k} {saved[k]}, not {v}" for k, v in flags.items()
+                     if k in saved and k != "init_from" and not _same(saved[k], v)]
+            if other:
+                raise ValueError(f"{out} holds a run trained with other settings ({'; '.join(other)}): "
+                                 f"delete that folder, or train into another")
         if done >= int(flags["max_iters"]):
             print(f"kept (finished before): {out}")
             continue
@@ -69,3 +75,11 @@ def train(runs):
             p.wait()
         raise
     print(f"trained {len(procs)}, kept {len(runs) - len(procs)}")
+
+
+def _same(a, b):
+    """A saved setting and a flag's value, alike: 0 and 0.0, True and "true"."""
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a).lower() == str(b).lower()

@@ -16,7 +16,7 @@ from helpers import ROOT
 NOTEBOOK_DIR = os.path.join(ROOT, "notebooks")
 NOTEBOOKS = ["01_masking.ipynb", "02_retrieval.ipynb", "03_attention.ipynb", "04_sft.ipynb"]
 SOLUTIONS = [os.path.join("solutions", n.replace(".ipynb", "_solutions.ipynb")) for n in NOTEBOOKS]
-TRAINED_IN = {"02_retrieval.ipynb": "results/cpu", "03_attention.ipynb": "results/cpu", "04_sft.ipynb": "results/sft-cpu"}
+TRAINED_IN = {"02_retrieval.ipynb": "notebooks/runs", "03_attention.ipynb": "notebooks/runs", "04_sft.ipynb": "notebooks/runs"}
 
 
 def test_the_notebooks_are_the_listed_ones():

@@ -80,14 +80,16 @@ def meap_inputs(idx, ratio, mask_token_id, *, mode="per_sequence", exclude=None,
     if corruption not in CORRUPTIONS:
         raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {corruption!r}")
     idx = _token_ids(idx)
+    mask_token_id = _mask_id(mask_token_id, idx.dtype)
     one = idx.dim() == 1  # a single sequence: work on it as a batch of one
     ids = idx[None] if one else idx  # (B, T)
     B, T = ids.shape
-    if num_masked(T, ratio) == 0:
-        if ratio > 0:
-            warnings.warn(f"mask ratio {ratio} masks floor({T} * {ratio}) = 0 of {T} inputs: this is plain "
-                          f"next-token prediction; raise the ratio to {math.ceil(100 / T) / 100} or more for MEAP",
-                          stacklevel=2)
+    k = num_masked(T, ratio)
+    if k == 0 and ratio > 0 and T > 0:
+        warnings.warn(f"mask ratio {ratio} masks floor({T} * {ratio}) = 0 of {T} inputs: this is plain "
+                      f"next-token prediction; raise the ratio to {math.ceil(100 / T) / 100} or more for MEAP",
+                      stacklevel=2)
+    if k == 0 or ids.numel() == 0:
         return MEAPInputs(idx, torch.zeros(idx.shape, dtype=torch.bool))
     if corruption == "mask" and ids.device.type == "cpu" and bool((ids == mask_token_id).any()):
         # (not checked on a GPU, where reading the answer would wait for the device)
@@ -114,6 +116,12 @@ def sample_mask(batch_size, seq_len, ratio, *, mode="per_sequence", exclude=None
     """
     k = num_masked(seq_len, ratio)
     check_mode(mode)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator, e.g. torch.Generator().manual_seed(0), "
+                         f"got {type(generator).__name__}")
+    if exclude is not None and tuple(torch.as_tensor(exclude).shape) not in ((seq_len,), (batch_size, seq_len)):
+        raise ValueError(f"exclude must be a bool tensor of shape ({seq_len},) or ({batch_size}, {seq_len}), "
+                         f"got {tuple(torch.as_tensor(exclude).shape)}")
     if mode == "shared" and exclude is not None:
         raise ValueError("shared mode masks the same columns in every row, as the official code, "
                          "and cannot exclude positions; use per_sequence to spare some")
@@ -172,6 +180,21 @@ def _token_ids(idx):
         raise ValueError(f"the input must be integer token ids of shape (B, T) or (T,), got {t.dtype} "
                          f"{tuple(t.shape)}")
     return t
+
+
+def _mask_id(mask_token_id, dtype):
+    """The [MASK] id as an int that the input's dtype can hold; else ValueError naming the fix."""
+    try:
+        ok = not isinstance(mask_token_id, (bool, float)) and int(mask_token_id) == mask_token_id >= 0
+    except (TypeError, ValueError, RuntimeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"the [MASK] id must be a non-negative integer, the first free id (your vocabulary "
+                         f"size), got {mask_token_id!r}")
+    if int(mask_token_id) > torch.iinfo(dtype).max:
+        raise ValueError(f"the [MASK] id {int(mask_token_id)} does not fit the input's {dtype}: give the ids as "
+                         f"int64 (x.long())")
+    return int(mask_token_id)
 
 
 def check_mode(mode):

@@ -164,6 +164,28 @@ def test_one_sequence_a_numpy_array_or_a_list_work_and_anything_else_is_one_clea
             meap_inputs(bad, 0.15, MASK)
 
 
+@pytest.mark.parametrize("call,said", [
+    (lambda x: meap_inputs(x, 0.15, None), r"\[MASK\] id must be a non-negative integer"),
+    (lambda x: meap_inputs(x, 0.15, -1), r"\[MASK\] id must be a non-negative integer"),
+    (lambda x: meap_inputs(x, 0.15, 99.5), r"\[MASK\] id must be a non-negative integer"),
+    (lambda x: meap_inputs(x.to(torch.uint8), 0.15, 300), r"does not fit the input's torch.uint8: .*x.long\(\)"),
+    (lambda x: meap_inputs(x, 0.15, MASK, generator=5), "generator must be a torch.Generator"),
+    (lambda x: meap_inputs(x, 0.15, MASK, exclude=torch.zeros(3, dtype=torch.bool)), r"exclude must be .*got \(3,\)"),
+])
+def test_a_wrong_id_generator_or_exclusion_is_one_clear_line(call, said):
+    with pytest.raises(ValueError, match=said):
+        call(torch.randint(0, 50, (2, 40)))
+
+
+def test_an_empty_batch_or_sequence_comes_back_unmasked_without_a_word():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for shape in [(0, 10), (2, 0)]:
+            x_in, m = meap_inputs(torch.zeros(shape, dtype=torch.long), 0.15, MASK)
+            assert x_in.shape == m.shape == shape
+
+
 @pytest.mark.parametrize("T", [2, 5, 6])
 def test_a_nonzero_ratio_that_masks_nothing_says_so(T):
     x = torch.randint(0, 50, (2, T))

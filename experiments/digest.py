@@ -309,7 +309,7 @@ TABLES = {
     "cpu": lambda: compact("cpu", columns(compare.COLUMNS, (
         "needle", "needle_2x", "mqar", "mqar_2x", "kv", "filler_excess", "val_loss", "steps_to_90"))),
     "cpu-ratios": lambda: contrasts(tuple(
-        (f"{a:.2f} minus {b:.2f}", "cpu", a, b, None) for a, b in ((0.10, 0.05), (0.15, 0.05), (0.15, 0.10), (0.20, 0.15))
+        (f"{a:.2f} minus {b:.2f}", "cpu", a, b, None) for a, b in ((0.10, 0.05), (0.15, 0.05), (0.15, 0.10), (0.20, 0.10), (0.20, 0.15))
     ), RETRIEVAL + ("val_loss", "steps_to_90"), first="ratio against ratio"),
     "masking-variants": lambda: contrasts((
         ("queries spared minus uniform, 0.10", SP, 0.10, 0.0, "cpu"),

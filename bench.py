@@ -32,7 +32,7 @@ configurator.exit_on_ctrl_c("no table was written", at_once=True)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import checkpoint  # noqa: E402
+import atomic_files  # noqa: E402
 from configurator import die  # noqa: E402
 import tasks  # noqa: E402
 from mask import meap_inputs  # noqa: E402
@@ -68,8 +68,8 @@ if out:  # the table is written at the end: check the file and its folder before
     if out.endswith(os.sep) or os.path.isdir(out):
         die(f"--out {out} is a folder; give the table's file name, like results/bench/cpu.md")
     try:
-        checkpoint.reserved(out)
-        checkpoint.check_writable(os.path.dirname(os.path.abspath(out)))
+        atomic_files.reserved(out)
+        atomic_files.check_writable(os.path.dirname(os.path.abspath(out)))
     except (ValueError, OSError) as e:
         die(f"--out: {e}")
 try:
@@ -237,9 +237,9 @@ def save_table():
             f.write(head + "\n".join(lines) + "\n")
     configurator.exit_on_ctrl_c("no table was written")  # (by unwinding: no half-written file)
     try:
-        checkpoint.write_atomically(out, write)
+        atomic_files.write_atomically(out, write)
     except OSError as e:
-        die(f"--out: {checkpoint.write_failed(out, e)}")
+        die(f"--out: {atomic_files.write_failed(out, e)}")
     print(f"wrote {out}")
 
 

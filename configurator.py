@@ -190,7 +190,7 @@ def die(msg, code=1):
 def exit_on_ctrl_c(what, at_once=False):
     """From now on Ctrl-C ends the script with one line, `error: interrupted; what`, and exit code
     130. The exit unwinds like an exception, so a file half-written at that moment is removed (see
-    checkpoint.write_atomically) and what was there before is left as it was. at_once: exit on the
+    atomic_files.write_atomically) and what was there before is left as it was. at_once: exit on the
     spot instead (os._exit), for a script that has written nothing yet: scripts call it so before
     they import torch (this module does not), as an exception raised inside a C extension's import
     can be swallowed there, and the script would go on."""

@@ -36,6 +36,7 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402
 
+import atomic_files  # noqa: E402
 import checkpoint  # noqa: E402
 import tasks  # noqa: E402
 import tokenizer  # noqa: E402
@@ -187,20 +188,20 @@ def refuse_existing(path):
     if os.path.lexists(path):
         die(f"--to {path} already exists; give a new folder (nothing is overwritten)")
     try:
-        checkpoint.reserved(path)
+        atomic_files.reserved(path)
     except ValueError as e:
         die(f"--to {e}")
 
 
 def write_folder(dst, write):
     """write(tmp) fills a new temporary folder of this process's own, renamed to dst when complete
-    (checkpoint.write_atomically); a failure is one line, and leaves nothing behind."""
+    (atomic_files.write_atomically); a failure is one line, and leaves nothing behind."""
     try:
-        checkpoint.write_atomically(dst, write, folder=True)
+        atomic_files.write_atomically(dst, write, folder=True)
     except FileExistsError:
         die(f"--to {dst} appeared while this export ran (another export?); it is left as it is")
     except Exception as e:  # a full disk: OSError, safetensors' SafetensorError, torch's RuntimeError, ...
-        die(f"--to: {checkpoint.write_failed(dst, e)}")
+        die(f"--to: {atomic_files.write_failed(dst, e)}")
 
 
 def export(src, dst):

@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from checkpoint import reserved, write_all_atomically, write_atomically, write_failed
+from atomic_files import reserved, write_all_atomically, write_atomically, write_failed
 import configurator
 from configurator import die
 
@@ -267,7 +267,7 @@ def check_out_dir(out_dir):
 
 def write_dataset(out_dir, ids, tok, **extra):
     """ids {"train": ..., "val": ...} as out_dir/train.bin and val.bin (uint16), and meta.pkl
-    (write_meta, with extra), all three replaced together or none (checkpoint.write_all_atomically).
+    (write_meta, with extra), all three replaced together or none (atomic_files.write_all_atomically).
     A failure (a full disk) is one line (die), and a folder this call created is removed again."""
     created = not os.path.isdir(out_dir)
     writes = {os.path.join(out_dir, f"{split}.bin"): np.asarray(v, dtype=np.uint16).tofile for split, v in ids.items()}

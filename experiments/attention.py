@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from configurator import die  # noqa: E402
-import checkpoint  # noqa: E402
+import atomic_files  # noqa: E402
 import tasks  # noqa: E402
 from batches import VAL_SEED, torch_generator  # noqa: E402
 from experiments import common  # noqa: E402
@@ -349,7 +349,7 @@ def main(argv=None):
         die(f"no checkpoints in {runs}; "
                          f"train a grid first: python experiments/compare.py --out {shlex.quote(args.grid)}")
     try:
-        checkpoint.check_writable(args.grid)  # attention.json goes there: check before the work
+        atomic_files.check_writable(args.grid)  # attention.json goes there: check before the work
     except OSError as e:
         die(f"--grid: {e}")
     common.keep_result(os.path.join(args.grid, "attention.json"), args.overwrite)

@@ -22,9 +22,11 @@ sys.path.insert(0, ROOT)
 
 from configurator import die  # noqa: E402
 import batches  # noqa: E402
+import atomic_files  # noqa: E402
 import checkpoint  # noqa: E402
 import configurator  # noqa: E402
-from checkpoint import load_model, write_atomically  # noqa: E402,F401  (load_model: the experiments' import)
+from atomic_files import write_atomically  # noqa: E402
+from checkpoint import load_model  # noqa: E402,F401  (load_model: the experiments' import)
 from model import GPTConfig  # noqa: E402
 
 
@@ -419,7 +421,7 @@ def results_in(out):
     """The files of results (RESULTS) under the folder out, grid.json aside."""
     found = []
     for d, _, files in os.walk(out):
-        found += [os.path.join(d, f) for f in files if f.endswith(RESULTS) and not checkpoint.is_temp(f)
+        found += [os.path.join(d, f) for f in files if f.endswith(RESULTS) and not atomic_files.is_temp(f)
                   and os.path.join(d, f) != os.path.join(out, "grid.json")]
     return sorted(found)
 

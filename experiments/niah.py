@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from configurator import die  # noqa: E402
+import atomic_files  # noqa: E402
 import checkpoint  # noqa: E402
 from experiments.common import keep_result, parse_list, save_png, write_json  # noqa: E402
 from experiments.probes import needle_prompt  # noqa: E402
@@ -119,7 +120,7 @@ def main(argv=None):
         cfg, step = checkpoint.settings(ckpt), ckpt.get("iter_num", 0)
         if not isinstance(ckpt.get("meta"), dict):
             raise ValueError(f"{path}: its meta (the tokenizer) is not train.py's")
-        checkpoint.check_writable(args.out_dir)  # niah.json goes there: check before the evaluation
+        atomic_files.check_writable(args.out_dir)  # niah.json goes there: check before the evaluation
         device = configurator.pick_device(args.device)
     except (ValueError, OSError) as e:
         die(f"{e}")

@@ -36,6 +36,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from configurator import die  # noqa: E402
+import atomic_files  # noqa: E402
 import checkpoint  # noqa: E402
 from batches import torch_generator  # noqa: E402
 from experiments.common import keep_result, write_json  # noqa: E402
@@ -232,7 +233,7 @@ def main(argv=None):
         keep_result(os.path.join(args.out_dir, "probes.json"), args.overwrite)
         model, tok, haystack, ckpt = load(args.out_dir, args.device)
         cfg, step = checkpoint.settings(ckpt), ckpt.get("iter_num", 0)
-        checkpoint.check_writable(args.out_dir)
+        atomic_files.check_writable(args.out_dir)
         depths = [float(d) for d in args.depths.split(",")]
         T = ckpt["model_args"]["block_size"]
         gaps = [g for g in (16, 64, 128, 256, 512) if LEAD + 2 * args.span + g <= T]

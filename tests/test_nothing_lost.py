@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import atomic_files
 import checkpoint
 import tasks
 import tokenizer
@@ -45,7 +46,7 @@ def dead_pid():
 
 
 def temps(folder):
-    return [f for f in os.listdir(folder) if checkpoint.is_temp(f)]
+    return [f for f in os.listdir(folder) if atomic_files.is_temp(f)]
 
 
 def save_ckpt(folder, n_layer=2, meta=None, mask_token_id=tasks.MASK_ID, change=None):
@@ -78,8 +79,8 @@ def test_1_write_atomically_creates_and_removes_only_its_own_temporary(tmp_path)
     (tmp_path / "x.tmp").write_text("the user's")
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        theirs = tmp_path / f".x.{live.pid}.abcd1234{checkpoint.TMP_SUFFIX}"  # another process's, still writing
-        stale = tmp_path / f".x.{dead_pid()}.abcd1234{checkpoint.TMP_SUFFIX}"  # a killed process's
+        theirs = tmp_path / f".x.{live.pid}.abcd1234{atomic_files.TMP_SUFFIX}"  # another process's, still writing
+        stale = tmp_path / f".x.{dead_pid()}.abcd1234{atomic_files.TMP_SUFFIX}"  # a killed process's
         theirs.write_text("half")
         stale.write_text("half")
 
@@ -87,9 +88,9 @@ def test_1_write_atomically_creates_and_removes_only_its_own_temporary(tmp_path)
             open(tmp, "w").write("half")
             raise OSError(28, "No space left on device")
         with pytest.raises(OSError):
-            checkpoint.write_atomically(str(tmp_path / "x"), fail)
+            atomic_files.write_atomically(str(tmp_path / "x"), fail)
         assert sorted(os.listdir(tmp_path)) == sorted(["x", "x.tmp", theirs.name])  # the stale one is gone too
-        checkpoint.write_atomically(str(tmp_path / "x"), lambda tmp: open(tmp, "w").write("new"))
+        atomic_files.write_atomically(str(tmp_path / "x"), lambda tmp: open(tmp, "w").write("new"))
         assert (tmp_path / "x").read_text() == "new" and (tmp_path / "x.tmp").read_text() == "the user's"
         assert theirs.read_text() == "half"
     finally:
@@ -99,7 +100,7 @@ def test_1_write_atomically_creates_and_removes_only_its_own_temporary(tmp_path)
     assert (tmp_path / "x").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
     with pytest.raises(FileExistsError):  # a folder never goes over an existing path, even an empty folder
         (tmp_path / "empty").mkdir()
-        checkpoint.write_atomically(str(tmp_path / "empty"), lambda tmp: None, folder=True)
+        atomic_files.write_atomically(str(tmp_path / "empty"), lambda tmp: None, folder=True)
     assert temps(tmp_path) == [theirs.name]
 
 
@@ -126,7 +127,7 @@ def test_1_a_killed_exports_leftover_never_blocks_a_resume(tiny_ckpt, tmp_path):
     (run / "hf.tmp").mkdir()  # the user's own folder and file, named .tmp
     (run / "hf.tmp" / "notes.txt").write_text("keep me")
     (run / "notes.tmp").write_text("keep me too")
-    stale = run / f".hf.{dead_pid()}.abcd1234{checkpoint.TMP_SUFFIX}"  # what a killed export leaves
+    stale = run / f".hf.{dead_pid()}.abcd1234{atomic_files.TMP_SUFFIX}"  # what a killed export leaves
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")
     code, out, err = run_inprocess("train.py", "--init_from", "resume", "--max_iters", "5", "--out_dir", str(run))
@@ -139,7 +140,7 @@ def test_1_a_killed_exports_leftover_never_blocks_a_resume(tiny_ckpt, tmp_path):
 
 def copy_results(name, to):
     """A copy of a committed results folder (its files, as a fresh clone has them: no runs/)."""
-    return shutil.copytree(os.path.join(ROOT, "results", name), to, ignore=shutil.ignore_patterns("runs", checkpoint.LOCK))
+    return shutil.copytree(os.path.join(ROOT, "results", name), to, ignore=shutil.ignore_patterns("runs", atomic_files.LOCK))
 
 
 def test_2_a_pilot_with_other_stages_is_refused_and_nothing_changes(tmp_path, monkeypatch):
@@ -555,7 +556,7 @@ def test_a_run_folder_keeps_files_that_are_not_the_runs(tiny_ckpt, tmp_path):
     d = tmp_path / "d"
     d.mkdir()
     (d / "lock").write_text("my notes")
-    (d / f".x.{'9' * 20}.abcdefgh{checkpoint.TMP_SUFFIX}").write_text("no pid of ours")
+    (d / f".x.{'9' * 20}.abcdefgh{atomic_files.TMP_SUFFIX}").write_text("no pid of ours")
     (d / "metrics.jsonl").write_text("my own log\n")
     before = checksums(d)
     one_line(run_inprocess("train.py", *TINY, "--max_iters", "2", "--out_dir", str(d)),
@@ -564,23 +565,23 @@ def test_a_run_folder_keeps_files_that_are_not_the_runs(tiny_ckpt, tmp_path):
     (d / "metrics.jsonl").mkdir()
     one_line(run_inprocess("train.py", *TINY, "--max_iters", "2", "--out_dir", str(d)), "is a folder, not train.py's log")
     (d / "metrics.jsonl").rmdir()
-    (d / checkpoint.LOCK).write_text("not a pid")
+    (d / atomic_files.LOCK).write_text("not a pid")
     one_line(run_inprocess("train.py", *TINY, "--max_iters", "2", "--out_dir", str(d)), "is not a nanoMEAP lock")
-    (d / checkpoint.LOCK).unlink()
+    (d / atomic_files.LOCK).unlink()
     (tmp_path / "outside").write_text("12345")
-    os.symlink(tmp_path / "outside", d / checkpoint.LOCK)  # never written through
+    os.symlink(tmp_path / "outside", d / atomic_files.LOCK)  # never written through
     one_line(run_inprocess("train.py", *TINY, "--max_iters", "2", "--out_dir", str(d)), "is a symbolic link")
     assert (tmp_path / "outside").read_text() == "12345"
-    (d / checkpoint.LOCK).unlink()
+    (d / atomic_files.LOCK).unlink()
     assert {f: h for f, h in checksums(d).items() if "metrics" not in f} == \
         {f: h for f, h in before.items() if "metrics" not in f}
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text("{}")
     one_line(run_inprocess("train.py", *TINY, "--out_dir", str(hf)), f"--out_dir {hf} holds a Hugging Face model")
-    for bad in (tmp_path / f".run.12345.abcdefgh{checkpoint.TMP_SUFFIX}", tmp_path / checkpoint.LOCK):
+    for bad in (tmp_path / f".run.12345.abcdefgh{atomic_files.TMP_SUFFIX}", tmp_path / atomic_files.LOCK):
         one_line(run_inprocess("train.py", *TINY, "--out_dir", str(bad)), "are nanoMEAP's own")
-    assert sorted(os.listdir(hf)) == ["config.json"] and not os.path.exists(tmp_path / checkpoint.LOCK)
+    assert sorted(os.listdir(hf)) == ["config.json"] and not os.path.exists(tmp_path / atomic_files.LOCK)
 
 
 def test_an_edited_checkpoint_is_one_line(tiny_ckpt, tmp_path):
@@ -634,7 +635,7 @@ def test_export_to_a_long_name_and_never_to_a_name_of_ours(tiny_ckpt, tmp_path):
         pytest.skip("export.py's optional extra: pip install transformers safetensors")
     long = tmp_path / ("x" * 240)
     assert run_inprocess("export.py", "--out_dir", str(tiny_ckpt), "--to", str(long))[0] == 0
-    one_line(run_inprocess("export.py", "--out_dir", str(tiny_ckpt), "--to", str(tmp_path / checkpoint.LOCK)),
+    one_line(run_inprocess("export.py", "--out_dir", str(tiny_ckpt), "--to", str(tmp_path / atomic_files.LOCK)),
              "are nanoMEAP's own")
 
 

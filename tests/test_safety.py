@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+import atomic_files
 import checkpoint
 from helpers import ROOT, TINY, checksums, run_inprocess, run_script
 
@@ -70,11 +71,11 @@ def test_claim_locks_a_folder_and_takes_over_the_lock_of_a_killed_run(tmp_path):
         checkpoint.claim(folder)
     holder.kill()  # like kill -9: no chance to release; the kernel drops the lock, the file stays
     holder.wait()
-    (tmp_path / "run" / f".ckpt.pt.{holder.pid}.abcd1234{checkpoint.TMP_SUFFIX}").write_text("half a checkpoint")
+    (tmp_path / "run" / f".ckpt.pt.{holder.pid}.abcd1234{atomic_files.TMP_SUFFIX}").write_text("half a checkpoint")
     (tmp_path / "run" / "notes.tmp").write_text("the user's own file")
     note = checkpoint.claim(folder)
     assert note.endswith(f"the run of pid {holder.pid} ended without releasing it (killed?); taking it over")
-    assert sorted(os.listdir(folder)) == [checkpoint.LOCK, "notes.tmp"]  # the killed run's temporary is gone, not the user's
+    assert sorted(os.listdir(folder)) == [atomic_files.LOCK, "notes.tmp"]  # the killed run's temporary is gone, not the user's
     checkpoint.release(folder)
     assert os.listdir(folder) == ["notes.tmp"]
 
@@ -152,7 +153,7 @@ def test_one_run_per_folder_and_ctrl_c_then_resume_is_exact(tmp_path):
     assert err.strip().splitlines() == [
         f"error: interrupted at iter {err.split('at iter ')[1].split(';')[0]}; {run}/ckpt.pt (iter {saved}) is kept: "
         f"continue with python train.py --init_from resume --out_dir {run}"]
-    assert not os.path.exists(os.path.join(run, checkpoint.LOCK))
+    assert not os.path.exists(os.path.join(run, atomic_files.LOCK))
     train_rows = [row["iter"] for row in map(json.loads, open(os.path.join(run, "metrics.jsonl"))) if "loss" in row]
     assert train_rows == list(range(len(train_rows)))  # one run's rows, none of the refused one's
     assert torch.load(os.path.join(run, "ckpt.pt"), weights_only=False)["config"]["seed"] == 1337
@@ -178,7 +179,7 @@ def test_ctrl_c_stops_a_grid_at_once_and_the_rerun_gives_the_uninterrupted_resul
     assert time.time() - t < 10 and p.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines() == [f"error: interrupted; the finished runs are kept in {grid}; run the same command "
                                         f"again to continue (a half-trained run resumes from its last checkpoint)"]
-    assert not list(grid.glob(f"**/{checkpoint.LOCK}")) and not (grid / "runs.json").exists()  # every run stopped cleanly
+    assert not list(grid.glob(f"**/{atomic_files.LOCK}")) and not (grid / "runs.json").exists()  # every run stopped cleanly
     assert "error: interrupted at iter" in (grid / "runs" / "r0.00_s1" / "train.log").read_text()  # not finished
     run_script(*args, "--out", str(grid), timeout=300)
     run_script(*args, "--out", str(tmp_path / "whole"), timeout=300)

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
     configurator.exit_on_ctrl_c("the files written so far are whole; run it again to write them all", at_once=True)
-from checkpoint import write_atomically  # noqa: E402
+from atomic_files import write_atomically  # noqa: E402
 from configurator import die  # noqa: E402
 from tokenizer import get_tokenizer, write_meta  # noqa: E402
 

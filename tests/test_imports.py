@@ -1,0 +1,42 @@
+"""Imports run one way: core (model.py, mask.py) -> data and tasks -> scripts -> experiments. A data
+prepare script writes its files without loading the model or the checkpoints."""
+
+import ast
+import glob
+import os
+import subprocess
+import sys
+
+from helpers import ROOT
+
+PROJECT = {os.path.basename(f)[:-3] for f in glob.glob(os.path.join(ROOT, "*.py"))}
+
+
+def imported(path):
+    """The top-level module names a file imports, anywhere in it."""
+    names = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_import_tokenizer_loads_neither_the_model_nor_the_checkpoints_nor_torch():
+    code = "import sys, tokenizer; print(sorted(m for m in ('model', 'checkpoint', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_leaf_and_core_modules_import_nothing_of_the_project():
+    for leaf in ("atomic_files.py", "model.py", "mask.py"):
+        assert not imported(os.path.join(ROOT, leaf)) & PROJECT, leaf
+
+
+def test_no_data_prepare_script_imports_the_model_or_the_checkpoints():
+    scripts = glob.glob(os.path.join(ROOT, "data", "*", "prepare.py"))
+    assert len(scripts) >= 4
+    for script in scripts + [os.path.join(ROOT, "tokenizer.py")]:
+        assert not imported(script) & {"model", "checkpoint"}, script

@@ -21,30 +21,8 @@ import torch
 from mask import (IGNORE, meap_inputs, num_masked, sample_mask, sft_meap_concat, sft_meap_separate, sft_ntp,
                   shared_seed)
 from tasks import MASK_ID, make_batch, qa, qa_examples
+from random_streams import DATA, MASKS, SFT_MASKS, SFT_ORDER, SFT_SET, VAL_SEED, stream, torch_generator
 from tokenizer import read_meta
-
-
-# -----------------------------------------------------------------------------
-# Random streams. Every random draw of the project comes from a stream of its own,
-# np.random.default_rng([seed, STREAM, ids...]), so changing one use never shifts the draws of
-# another, and a draw is a pure function of where it is used (a resumed run redraws exactly).
-# Held-out data uses the seed VAL_SEED, which no training run has (train.py's seeds are below 2**31).
-
-VAL_SEED = 2**31
-DATA, MASKS, SFT_SET, SFT_ORDER, SFT_MASKS, EVAL = range(6)  # train.py's streams
-# (ids 7-13 are the experiments': compare.py's SUITE, compare_sft.py's QA_TEST, attention.py's PROBE,
-# probes.py's TEXT_PROBES)
-PROMPTS = 2**31  # with --seed: sample.py's held-out prompts
-
-
-def stream(seed, kind, *ids):
-    """The numpy Generator of one random stream, a pure function of its arguments."""
-    return np.random.default_rng([seed, kind, *ids])
-
-
-def torch_generator(rng):
-    """A torch.Generator seeded by the next draw of a numpy Generator."""
-    return torch.Generator().manual_seed(int(rng.integers(2**62)))
 
 
 # -----------------------------------------------------------------------------

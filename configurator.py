@@ -131,7 +131,7 @@ def check_ranges(s):
             raise ConfigError(f"--{k} must be at least 1 (and below 2**31), got {s[k]}")
     if s["eval_examples"] > 10**6:  # generated and scored at every evaluation
         raise ConfigError(f"--eval_examples must be at most 1,000,000, got {s['eval_examples']}")
-    if not 0 <= s["seed"] < 2**31:  # (2**31 and up seed the held-out data: batches.VAL_SEED)
+    if not 0 <= s["seed"] < 2**31:  # (2**31 and up seed the held-out data: random_streams.VAL_SEED)
         raise ConfigError(f"--seed must be in [0, 2**31), got {s['seed']}")
     for k in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):  # (NaN fails every comparison)
         if not 0 <= s[k] <= 1e9:  # beyond, AdamW's float32 arithmetic overflows

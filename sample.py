@@ -18,8 +18,8 @@ configurator.exit_on_ctrl_c("stopped sampling", at_once=True)
 
 import torch  # noqa: E402
 
-import batches  # noqa: E402
 import checkpoint  # noqa: E402
+import random_streams  # noqa: E402
 import tasks  # noqa: E402
 import tokenizer  # noqa: E402
 from configurator import die  # noqa: E402
@@ -105,7 +105,7 @@ if start or meta["kind"] != "synthetic":
         print("---------------")
 else:
     # held-out prompts of the checkpoint's task, cut right after the first question
-    rng = batches.stream(seed, batches.PROMPTS)
+    rng = random_streams.stream(seed, random_streams.PROMPTS)
     names = ["mqar", "needle"] if cfg["task"] == "mix" else [cfg["task"]]
     for i in range(num_samples):
         name = names[i % len(names)]

@@ -41,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 import batches  # noqa: E402
 import checkpoint  # noqa: E402
+import random_streams  # noqa: E402
 import tasks  # noqa: E402
 import tokenizer  # noqa: E402
 from configurator import die  # noqa: E402
@@ -296,11 +297,11 @@ def evaluate():
     if finetune:
         with ctx:
             out.update(tasks.evaluate_qa(raw_model, qa_tokens - 1, n_docs, answer_len, eval_examples,
-                                         seed=[batches.VAL_SEED, batches.EVAL], device=device))
+                                         seed=[random_streams.VAL_SEED, random_streams.EVAL], device=device))
     elif dataset == "synthetic":
         with ctx:
             out.update(tasks.evaluate(raw_model, task, block_size, n_pairs, n_needles, eval_examples,
-                                      seed=[batches.VAL_SEED, batches.EVAL], device=device))
+                                      seed=[random_streams.VAL_SEED, random_streams.EVAL], device=device))
     raw_model.train()
     return out
 

@@ -40,7 +40,7 @@ import torch  # noqa: E402
 from configurator import die  # noqa: E402
 import atomic_files  # noqa: E402
 import tasks  # noqa: E402
-from batches import VAL_SEED, torch_generator  # noqa: E402
+from random_streams import VAL_SEED, torch_generator  # noqa: E402
 from experiments import common  # noqa: E402
 from mask import meap_inputs  # noqa: E402
 from model import GPT  # noqa: E402
@@ -227,7 +227,7 @@ def plot_bars(ax, values, errors=None, title=None, ylabel=None, colors=None):
 # -----------------------------------------------------------------------------
 # the probe of one checkpoint, and the table over a compare.py grid
 
-PROBE = 11  # with batches.VAL_SEED: the random stream of the held-out prompts
+PROBE = 11  # with random_streams.VAL_SEED: the random stream of the held-out prompts
 
 
 @torch.no_grad()

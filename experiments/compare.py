@@ -45,14 +45,14 @@ import torch  # noqa: E402
 
 from configurator import die  # noqa: E402
 import tasks  # noqa: E402
-from batches import VAL_SEED  # noqa: E402
+from random_streams import VAL_SEED  # noqa: E402
 from experiments.common import (apply_set, claim_out, diff_cells, grid_runs, interrupted, load_model,  # noqa: E402
                                 load_runs, mean_sd, parse_list, read_json, record_runs, report_or_die, run_name,
                                 save_png, seeds_of, steps_to, summary, train, VERDICTS, write_json, write_text)
 
 # train.py's defaults for how MEAP masks and how the model starts, written into every preset so that
 # each grid's grid.json records them (the paper's uniform [MASK]; --set changes them per grid)
-SUITE = 7  # with batches.VAL_SEED: the random stream of the held-out suite (the core's ids are 0-5)
+SUITE = 7  # with random_streams.VAL_SEED: the random stream of the held-out suite (the core's ids are 0-5)
 MEAP_DEFAULTS = dict(mask_mode="per_sequence", mask_queries=True, corruption="mask", init="nanomeap", mqar_offset=0)
 # train.py settings of each preset; every run of a grid gets them, plus --mask_ratio and --seed
 PRESETS = {

@@ -40,14 +40,14 @@ import torch  # noqa: E402
 
 from configurator import die  # noqa: E402
 import tasks  # noqa: E402
-from batches import VAL_SEED  # noqa: E402
+from random_streams import VAL_SEED  # noqa: E402
 from experiments.common import (ROOT, apply_set, claim_out, diff_cells, in_parallel, interrupted,  # noqa: E402
                                 load_model, load_runs, mean_sd, paired_ci, parse_list, read_json, record_runs,
                                 report_or_die, save_png, steps_to, summary, train, verdict, VERDICTS, write_json,
                                 write_text)
 from experiments.compare import MEAP_DEFAULTS  # noqa: E402
 
-QA_TEST = 9  # with batches.VAL_SEED: the random stream of the held-out questions
+QA_TEST = 9  # with random_streams.VAL_SEED: the random stream of the held-out questions
 ARMS = {  # name: (train.py --sft, --mask_ratio; None = the preset's ratio)
     "ntp": ("ntp", 0.0),
     "concat": ("concat", None),

@@ -27,7 +27,7 @@ if __name__ == "__main__":
     configurator.exit_on_ctrl_c("nothing was written", at_once=True)
 
 from configurator import die  # noqa: E402
-from batches import VAL_SEED  # noqa: E402
+from random_streams import VAL_SEED  # noqa: E402
 from experiments import probes  # noqa: E402
 from experiments.common import (claim_out, in_parallel, interrupted, parse_list, prepare_command,  # noqa: E402
                                 read_json, read_json_or_die, train, write_json, write_text)

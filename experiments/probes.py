@@ -38,11 +38,11 @@ import torch.nn.functional as F  # noqa: E402
 from configurator import die  # noqa: E402
 import atomic_files  # noqa: E402
 import checkpoint  # noqa: E402
-from batches import torch_generator  # noqa: E402
+from random_streams import torch_generator  # noqa: E402
 from experiments.common import keep_result, write_json  # noqa: E402
 from tokenizer import check_same, for_meta  # noqa: E402
 
-TEXT_PROBES = 13  # with batches.VAL_SEED: the random stream of text.py's and pilots.py's probes
+TEXT_PROBES = 13  # with random_streams.VAL_SEED: the random stream of text.py's and pilots.py's probes
 LEAD = 8  # held-out tokens before the first copy: the span never starts at position 0
 PASSWORD = " the password is"
 KINDS = ("random", "frequent", "text")  # the copying probe's spans

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from configurator import die  # noqa: E402
-from batches import VAL_SEED  # noqa: E402
+from random_streams import VAL_SEED  # noqa: E402
 from experiments import probes  # noqa: E402
 from experiments.common import (apply_set, claim_out, grid_runs, interrupted, load_runs, mean_sd, run_name,  # noqa: E402
                                 parse_list, prepare_command, read_json, record_runs, report_or_die, save_png,

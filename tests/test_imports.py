@@ -31,7 +31,7 @@ def test_import_tokenizer_loads_neither_the_model_nor_the_checkpoints_nor_torch(
 
 
 def test_the_leaf_and_core_modules_import_nothing_of_the_project():
-    for leaf in ("atomic_files.py", "model.py", "mask.py"):
+    for leaf in ("atomic_files.py", "random_streams.py", "model.py", "mask.py"):
         assert not imported(os.path.join(ROOT, leaf)) & PROJECT, leaf
 
 
@@ -40,3 +40,7 @@ def test_no_data_prepare_script_imports_the_model_or_the_checkpoints():
     assert len(scripts) >= 4
     for script in scripts + [os.path.join(ROOT, "tokenizer.py")]:
         assert not imported(script) & {"model", "checkpoint"}, script
+
+
+def test_sample_py_does_not_import_the_batch_builder():
+    assert "batches" not in imported(os.path.join(ROOT, "sample.py"))

@@ -20,6 +20,7 @@ grid.json alone. Checkpoints are not committed.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -40,6 +41,7 @@ from experiments.common import (apply_set, claim_out, grid_runs, interrupted, lo
                                 parse_list, prepare_command, read_json, record_runs, report_or_die, save_png,
                                 seeds_of, summary, train, VERDICTS, within, write_json, write_text)
 from experiments.compare import MEAP_DEFAULTS  # noqa: E402
+from model import GPT  # noqa: E402
 
 SEED = [VAL_SEED, probes.TEXT_PROBES]  # the probes' held-out draws
 PRESETS = {
@@ -58,6 +60,14 @@ PRESETS = {
                               max_iters=6000, **MEAP_DEFAULTS),
                    stages=(1000, 2000, 4000, 6000), ratios=(0.0, 0.05, 0.10, 0.15), seeds=(1, 2, 3), jobs=2,
                    threads=1, examples=100),
+    # 2 cores: 6 runs, two at a time (~35 min each): the stdlib regime four times longer, with the cosine
+    # over the whole run, and the probes beyond training (BEYOND) at every stage (issue 32)
+    "stdlib-long": dict(train=dict(dataset="stdlib_dense", emb_common=1.0, block_size=128, batch_size=8, n_layer=2,
+                                   n_head=4, n_kv_head=4, n_embd=128, learning_rate=3e-3, min_lr=3e-4,
+                                   warmup_iters=100, eval_interval=1000, eval_iters=20, log_interval=500,
+                                   device="cpu", dtype="float32", max_iters=24000, **MEAP_DEFAULTS),
+                        stages=(1000, 2000, 4000, 8000, 16000, 24000), ratios=(0.0, 0.15), seeds=(1, 2, 3), jobs=2,
+                        threads=1, examples=100, beyond=True),
     # one GPU: a 6-layer, 384-wide model on 512-byte contexts, 30M tokens per run; not yet run
     "gpu": dict(train=dict(dataset="shakespeare_byte", block_size=512, batch_size=64, n_layer=6, n_head=6,
                            n_kv_head=6, n_embd=384, learning_rate=1e-3, min_lr=1e-4, warmup_iters=200,
@@ -71,7 +81,9 @@ PRESETS = {
                             device="cpu", max_iters=6, **MEAP_DEFAULTS),
                  stages=(3, 6), ratios=(0.0, 0.15), seeds=(1, 2), jobs=1, threads=1, examples=4),
 }
+PRESETS["tiny-long"] = dict(PRESETS["tiny"], beyond=True)  # the tests' twin of stdlib-long
 SPAN = 16  # tokens of the repeated span
+LONG_SPANS = (32, 48)  # longer than any span the augmentation copies in training (data/stdlib: 8-24 tokens)
 
 
 def gaps_of(T):
@@ -79,10 +91,29 @@ def gaps_of(T):
     return [g for g in (16, 64, 128, 256) if probes.LEAD + 2 * SPAN + g <= T]
 
 
-def do_run(run_dir, ratio, seed, settings, stages, threads, examples):
-    """Train one run stage by stage, probing copying after each; then the passkey grid and the
-    paper's attention metrics on held-out text. Writes
-    run_dir/probes_S.json per stage and run_dir/suite.json at the end; returns the suite."""
+def stretched(model, T):
+    """The same weights with RoPE tables and KV cache for T positions: RoPE has no weights, so the
+    model reads a context longer than its block; whether it can use it is what the probe asks."""
+    longer = GPT(dataclasses.replace(model.config, block_size=T))
+    longer.load_state_dict(model.state_dict())
+    return longer.to(next(model.parameters()).device).eval()
+
+
+def beyond(model, tok, hay, T, examples, device):
+    """The probes beyond training (issue 32): copying spans of LONG_SPANS tokens (at the shortest gap,
+    16), longer than any span copied in training; and the passkey grid in the trained block
+    (passkey_lengths) and in a block twice as long (2T - 8 tokens, the needle up to 2T from the question)."""
+    spans = {str(k): {kind: probes.copying(model, hay, k, [16], kind, examples, SEED, device)[16]
+                      for kind in ("random", "text")} for k in LONG_SPANS if probes.LEAD + 2 * k + 16 <= T}
+    grid = probes.passkey(model, tok, hay, probes.passkey_lengths(tok, T), [0.0, 0.5, 1.0], examples, SEED, device)
+    grid.update(probes.passkey(stretched(model, 2 * T), tok, hay, [2 * T - 8], [0.0, 0.5, 1.0], examples, SEED, device))
+    return {"spans": spans, "passkey": [{"depth": d, "length": L, "acc": a} for (d, L), a in sorted(grid.items())]}
+
+
+def do_run(run_dir, ratio, seed, settings, stages, threads, examples, extra=False):
+    """Train one run stage by stage, probing copying after each (and, with extra, the probes beyond
+    training: beyond_S.json); then the passkey grid and the paper's attention metrics on held-out
+    text. Writes run_dir/probes_S.json per stage and run_dir/suite.json at the end; returns the suite."""
     run_dir = os.path.abspath(run_dir)
     if threads:
         torch.set_num_threads(threads)
@@ -97,6 +128,13 @@ def do_run(run_dir, ratio, seed, settings, stages, threads, examples):
             write_json(path, {kind: probes.copying(model, hay, SPAN, gaps_of(T), kind, examples, SEED, device)
                               for kind in probes.KINDS})
         curve.append([S, read_json(path)])  # {kind: {gap (str): {acc_first, acc_second, loss_first, ...}}}
+        more = os.path.join(run_dir, f"beyond_{S}.json")
+        if extra and not os.path.exists(more):
+            model, tok, hay, ckpt = probes.load(run_dir, device)
+            if ckpt["iter_num"] != S:  # only the last stage's checkpoint is kept
+                raise RuntimeError(f"{run_dir}'s checkpoint is at step {ckpt['iter_num']}, not {S}: "
+                                   f"{more} cannot be written; delete the folder to train that run again")
+            write_json(more, beyond(model, tok, hay, T, examples, device))
     model, tok, hay, ckpt = probes.load(run_dir, device)
     att = probes.attention_on_text(model, hay, ckpt["mask_token_id"], examples, seed=SEED)
     pk = probes.passkey(model, tok, hay, probes.passkey_lengths(tok, T), [0.0, 0.5, 1.0], examples, SEED, device)
@@ -118,18 +156,20 @@ def do_run(run_dir, ratio, seed, settings, stages, threads, examples):
            "curve": curve,
            "passkey_grid": [{"depth": d, "length": L, "acc": a} for (d, L), a in pk.items()],
            "evals": [{"iter": m["iter"], "val_loss": m["val_loss"]} for m in evals]}
+    if extra:
+        res["beyond"] = [[S, read_json(os.path.join(run_dir, f"beyond_{S}.json"))] for S in stages]
     write_json(os.path.join(run_dir, "suite.json"), res)
     return res
 
 
-def run_grid(out, ratios, seeds, settings, stages, jobs, threads, examples):
+def run_grid(out, ratios, seeds, settings, stages, jobs, threads, examples, extra=False):
     """Every (ratio, seed) without a suite.json, `jobs` at a time; {(ratio, seed): suite}."""
 
     def describe(job, res):
         return (f"mask_ratio {job[0]:.2f} seed {job[1]}: val loss {res['val_loss']:.4f} | copying {res['copy_random']:.3f}"
                 f" (gain {res['copy_random_gain']:+.3f}) | passkey {res['passkey']:.2f}")
 
-    return grid_runs(out, ratios, seeds, lambda job: do_run(job[2], job[0], job[1], settings, stages, threads, examples),
+    return grid_runs(out, ratios, seeds, lambda job: do_run(job[2], job[0], job[1], settings, stages, threads, examples, extra),
                      describe, jobs)
 
 
@@ -311,7 +351,8 @@ def main(argv=None):
     t0 = time.time()
     configurator.ctrl_c_raises()  # interrupted() stops the runs and says how to continue
     try:
-        results = run_grid(out, ratios, seeds, settings, stages, p["jobs"], p["threads"], examples)
+        results = run_grid(out, ratios, seeds, settings, stages, p["jobs"], p["threads"], examples,
+                           p.get("beyond", False))
     except KeyboardInterrupt:
         interrupted(out)
     configurator.exit_on_ctrl_c(f"the finished runs are kept in {out}; the same command writes the report")

@@ -26,14 +26,15 @@ import statistics
 import sys
 import time
 
-import configurator  # before torch: Ctrl-C while the libraries load is one line too
-configurator.exit_on_ctrl_c("no table was written", at_once=True)
+import runtime  # before torch: Ctrl-C while the libraries load is one line too
+import configurator
+runtime.exit_on_ctrl_c("no table was written", at_once=True)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import atomic_files  # noqa: E402
-from configurator import die  # noqa: E402
+from runtime import die  # noqa: E402
 import tasks  # noqa: E402
 from mask import meap_inputs  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
@@ -50,7 +51,10 @@ mask_ratio = 0.15  # MEAP's ratio
 reference = ""  # a folder with another model.py (a nanoGPT checkout): time its forward+backward beside ours
 out = ""  # also write the table to this file (e.g. results/bench/cpu.md), headed by the command, commit and date
 # -----------------------------------------------------------------------------
-configurator.apply(sys.argv[1:], globals())
+try:
+    configurator.apply(sys.argv[1:], globals())
+except configurator.ConfigError as e:
+    die(e)
 
 train_defaults = configurator.read_settings("train.py")  # the default run, straight from train.py
 CONFIGS = {
@@ -73,8 +77,8 @@ if out:  # the table is written at the end: check the file and its folder before
     except (ValueError, OSError) as e:
         die(f"--out: {e}")
 try:
-    precision = configurator.precision(device, dtype)  # as train.py sets it up
-except configurator.ConfigError as e:
+    precision = runtime.precision(device, dtype)  # as train.py sets it up
+except ValueError as e:
     die(e)
 device, device_type, dtype, ctx = precision.device, precision.device_type, precision.dtype, precision.autocast
 
@@ -98,7 +102,7 @@ def bench(name, cfg):
     model = GPT(model_config(cfg)).to(device)
     optimizer = model.configure_optimizers(0.05, 1e-4, (0.9, 0.95), device_type)
     fwd = torch.compile(model) if compile else model
-    scaler = configurator.precision(device, dtype).scaler  # a fresh loss scaler per model
+    scaler = runtime.precision(device, dtype).scaler  # a fresh loss scaler per model
     rng = np.random.default_rng(0)
     g = torch.Generator().manual_seed(0)
     n_pairs, n_needles = max(1, min(8, T // 8)), max(1, min(4, T // 16))
@@ -106,7 +110,7 @@ def bench(name, cfg):
     def batch(ratio):
         b = tasks.make_batch("mix", rng, B, T, n_pairs, n_needles)
         x, _ = meap_inputs(b.x, ratio, tasks.MASK_ID, generator=g)
-        return configurator.to_device(device, x, b.y)  # as train.py copies them
+        return runtime.to_device(device, x, b.y)  # as train.py copies them
 
     ready = {}  # each objective's next batch
 
@@ -143,7 +147,7 @@ def bench(name, cfg):
     for _ in range(100):  # MEAP's only extra work, timed alone
         meap_inputs(b.x, mask_ratio, tasks.MASK_ID, generator=g)
     mask_ms = (time.perf_counter() - t0) * 10
-    mfu = model.estimate_mfu(B * T / ntp, T, device) if dtype != "float32" else None
+    mfu = runtime.mfu(model.flops_per_token(T), B * T / ntp, device) if dtype != "float32" else None
     return (f"| {name} | {model.num_params() / 1e6:.2f}M | {B}x{T} | {ntp * 1e3:.1f} | {meap * 1e3:.1f} | "
             f"{B * T / ntp / 1e3:.1f}k | {B * T / meap / 1e3:.1f}k | {mid:.3f} [{lo:.3f}, {hi:.3f}] | {mask_ms:.2f} | "
             f"{'-' if mfu is None else f'{mfu * 100:.1f}%'} |")
@@ -174,7 +178,7 @@ def compare_reference(RefGPT, RefConfig, cfg):
     torch.manual_seed(0)
     B, T = cfg["batch_size"], cfg["block_size"]
     ours = GPT(model_config(cfg)).to(device)
-    wanted = dict(block_size=T, vocab_size=ours.config.vocab_size, n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
+    wanted = dict(block_size=T, vocab_size=ours.config.padded_vocab_size, n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
                   dropout=0.0, bias=False)
     fields = {f.name for f in dataclasses.fields(RefConfig)}
     with contextlib.redirect_stdout(io.StringIO()):  # nanoGPT prints its parameter count
@@ -235,7 +239,7 @@ def save_table():
     def write(tmp):
         with open(tmp, "w") as f:
             f.write(head + "\n".join(lines) + "\n")
-    configurator.exit_on_ctrl_c("no table was written")  # (by unwinding: no half-written file)
+    runtime.exit_on_ctrl_c("no table was written")  # (by unwinding: no half-written file)
     try:
         atomic_files.write_atomically(out, write)
     except OSError as e:

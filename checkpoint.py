@@ -12,7 +12,7 @@ the prepare scripts and the experiments all go through here):
   weight checked against its model_args; check_whole(ckpt) also checks the weights are finite and
   the tokenizer's meta and [MASK] id fit.
 - truncate_log(path, before): a resumed run's metrics.jsonl, cut back to its checkpoint.
-- claim(folder), or claim_or_die(folder, flag) in a script: one run per folder. Creates the
+- claim(folder): one run per folder. Creates the
   folder, locks it for this process (released at exit; a second run is refused while the first
   lives, and a lock left by a killed run is taken over with a note), and removes the temporaries
   that killed processes left in it.
@@ -23,6 +23,7 @@ locked. Atomic writes, temporaries and the names reserved for them are atomic_fi
 """
 
 import atexit
+import dataclasses
 import json
 import os
 import shlex
@@ -30,7 +31,6 @@ import shlex
 import torch
 
 from atomic_files import LOCK, check_writable, clear_stale_temps, reserved, write_atomically, write_failed
-from configurator import die
 from model import GPT, GPTConfig
 
 try:
@@ -90,14 +90,28 @@ def hf_export_hint(folder, flag):
             f"--from {shlex.quote(folder)} --to NEW_FOLDER, then give NEW_FOLDER")
 
 
+def model_config(ckpt):
+    """The GPTConfig of a loaded checkpoint's model_args; ValueError (one line) if this model.py
+    cannot build it. A field of GPTConfig that the checkpoint predates takes its default, and a
+    vocab_size saved padded (checkpoints before GPTConfig kept the two apart) is the real one again:
+    the id after [MASK]."""
+    args = dict(ckpt["model_args"]) if isinstance(ckpt.get("model_args"), dict) else ckpt.get("model_args")
+    try:
+        cfg = GPTConfig(**args)
+        mask_id = ckpt.get("mask_token_id")  # the last real id
+        if type(mask_id) is int and 0 <= mask_id < cfg.vocab_size - 1 and \
+                dataclasses.replace(cfg, vocab_size=mask_id + 1).padded_vocab_size == cfg.vocab_size:
+            cfg = dataclasses.replace(cfg, vocab_size=mask_id + 1)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"its model_args do not describe a model this model.py builds ({e})") from None
+    return cfg
+
+
 def model_of(ckpt, device="cpu"):
     """The GPT of a loaded checkpoint, in eval mode on device; ValueError (one line) if its weights
     do not fit this model.py or its own model_args. A field of GPTConfig that the checkpoint
     predates takes its default."""
-    try:
-        model = GPT(GPTConfig(**ckpt["model_args"]))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"its model_args do not describe a model this model.py builds ({e})") from None
+    model = GPT(model_config(ckpt))
     sd, want = ckpt["model"], model.state_dict()
     if not isinstance(sd, dict):
         raise ValueError("its weights are not a state_dict")
@@ -171,6 +185,108 @@ def load_model(path, device="cpu"):
         raise ValueError(f"{path}: {e}") from None
 
 
+# -----------------------------------------------------------------------------
+# a train.py run that starts from a checkpoint: resumed exactly, or fine-tuned
+
+MODEL = ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "init", "emb_common")  # fixed by the weights
+
+
+def start_from(init_from, out_dir):
+    """(ckpt, path) of the checkpoint a run starts from: (None, None) for 'scratch'; out_dir's for
+    'resume', with all it takes to continue exactly; else the checkpoint (a ckpt.pt or its folder) to
+    fine-tune, which must not be out_dir's own. ValueError (one line) naming the fix."""
+    q = shlex.quote
+    for flag, value in (("out_dir", out_dir), ("init_from", init_from)):
+        if not value.strip():
+            raise ValueError(f"--{flag} is empty; give a folder")
+    if init_from == "scratch":
+        return None, None
+    if init_from == "resume":
+        path = os.path.join(out_dir, "ckpt.pt")
+        if not os.path.exists(path):
+            raise ValueError(hf_export_hint(out_dir, "--out_dir") or f"--init_from resume: no checkpoint at "
+                             f"{path} (check --out_dir, or start with --init_from scratch)")
+    else:
+        path = init_from if init_from.endswith(".pt") else os.path.join(init_from, "ckpt.pt")
+        if not os.path.exists(path):
+            raise ValueError(hf_export_hint(init_from, "--init_from") or f"--init_from {init_from}: no checkpoint "
+                             f"there (give a ckpt.pt, its folder, 'scratch' or 'resume')")
+        if os.path.realpath(os.path.dirname(path)) == os.path.realpath(out_dir):
+            raise ValueError(f"--out_dir {out_dir} holds the checkpoint this run starts from; give the fine-tuned "
+                             f"model its own --out_dir")
+    try:
+        ckpt = load_checkpoint(path)
+    except ValueError as e:
+        raise ValueError(f"{e}; use a new --out_dir" if init_from == "resume" else e) from None
+    lacks = [k for k in ("optimizer", "scaler", "rng") if k not in ckpt]
+    if type(ckpt.get("iter_num")) is not int or ckpt["iter_num"] < 0:
+        lacks.append("a step count (iter_num >= 0)")
+    if init_from == "resume" and lacks:
+        raise ValueError(f"{path} lacks {', '.join(lacks)}: it cannot continue exactly; fine-tune from it "
+                         f"(--init_from {q(out_dir)} with a new --out_dir) or start a new run")
+    return ckpt, path
+
+
+def settings_from(ckpt, path, resume, overrides):
+    """The train.py settings a run takes from the checkpoint it starts from. Resuming takes all of
+    them (a flag given now, in overrides, wins, except against the model's shape); fine-tuning takes
+    the data and the model (and a flag that disagrees is refused). A setting the checkpoint predates
+    had its default when it was trained. ValueError (one line) naming the fix."""
+    try:
+        saved = settings(ckpt)  # each of its type; defaults for those it predates
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    if resume:
+        taken = [k for k in saved if k not in overrides and k not in ("init_from", "out_dir", "overwrite")]
+        whose, hint = "the checkpoint's", "drop the flag to resume, or use a new --out_dir"
+    else:
+        taken = ["dataset", *MODEL]
+        whose, hint = f"{path}'s", "drop the flag"
+    for k in (MODEL if resume else taken):
+        if k in overrides and overrides[k] != saved[k]:
+            raise ValueError(f"--{k} {overrides[k]} does not match {whose} {saved[k]}; {hint}")
+    return {k: saved[k] for k in taken}
+
+
+def check_tokenizer(ckpt, path, tokenizer_id, data_now):
+    """ValueError (one line) unless the checkpoint was trained with the tokenizer tokenizer_id
+    (tokenizer.identity), which data_now (words: 'data/NAME now has') has: the ids must mean what
+    they meant when it was trained."""
+    from tokenizer import describe, of_checkpoint
+    try:
+        trained_with = of_checkpoint(ckpt)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    if trained_with != tokenizer_id:
+        raise ValueError(f"{path} was trained with the tokenizer {describe(trained_with)}, but {data_now} "
+                         f"{describe(tokenizer_id)} (prepared again since?); train on the data it was trained with, "
+                         f"or start a new run in a new --out_dir")
+
+
+def restore(ckpt, path, model, optimizer=None, scaler=None):
+    """Load a checkpoint into a run's model, and, to resume (optimizer given), its optimizer, loss
+    scaler and random state; returns its step. ValueError (one line) if the checkpoint's model is not
+    this run's."""
+    fix = "; use a new --out_dir" if optimizer is not None else ""
+    try:
+        trained = model_config(ckpt)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}{fix}") from None
+    if trained != model.config:
+        now = dataclasses.asdict(model.config)
+        raise ValueError(f"{path} was trained with " + ", ".join(f"{k} {v} (this run: {now[k]})" for k, v in
+                                                                 dataclasses.asdict(trained).items() if v != now[k]) + fix)
+    try:
+        model.load_state_dict(ckpt["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scaler.load_state_dict(ckpt["scaler"])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} does not fit this model ({str(e).splitlines()[0]}){fix}") from None
+    return int(ckpt["iter_num"]) if optimizer is not None else 0
+
+
 def truncate_log(path, before):
     """Keep the rows of the JSON-lines log at path (train.py's metrics.jsonl) whose "iter" is below
     before, and drop the rest: a resumed run writes them again. Returns how many half-written last
@@ -200,6 +316,31 @@ def truncate_log(path, before):
             f.writelines(kept)
     write_atomically(path, write)
     return torn
+
+
+def open_run(out_dir, resume, overwrite, iter_num):
+    """Make out_dir this train.py run's folder: claimed (one run per folder), refused if it holds a
+    Hugging Face export or, unless overwrite, a run that this one does not resume; its metrics.jsonl
+    cut back to iter_num (a new run: emptied). Returns the lines to print (notes); ValueError or
+    OSError (one line) naming the fix."""
+    if is_hf_export(out_dir):
+        raise ValueError(f"--out_dir {out_dir} holds a Hugging Face model (config.json), not a train.py run; "
+                         f"use another folder")
+    try:
+        notes = [claim(out_dir)]
+    except (ValueError, OSError) as e:
+        raise type(e)(f"--out_dir: {e}") from None
+    ckpt_path, metrics_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "metrics.jsonl")
+    if not resume and os.path.exists(ckpt_path) and not overwrite:
+        raise ValueError(f"{out_dir} already holds a run ({ckpt_path}); continue it with --init_from resume, "
+                         f"use another --out_dir, or replace it with --overwrite true")
+    replacing = not resume and not os.path.exists(ckpt_path) and os.path.isfile(metrics_path)
+    # rows past the checkpoint go (all of them for a new run); a file that is not train.py's log stays
+    torn = truncate_log(metrics_path, iter_num if resume else 0)
+    if torn or replacing:
+        notes.append(f"{metrics_path}: " + ("replaced the log of a run that saved no checkpoint" if replacing
+                                            else "dropped a half-written line"))
+    return [n for n in notes if n]
 
 
 _held = {}  # folder -> the open lock file of a folder this process has claimed
@@ -254,17 +395,6 @@ def claim(folder):
     atexit.register(release, folder)
     clear_stale_temps(folder)  # half-written by a killed run or export: never read (and it never raises)
     return note
-
-
-def claim_or_die(folder, flag):
-    """claim(folder) for a script: its note printed, and a one-line exit naming the flag that chose
-    the folder when it cannot be claimed."""
-    try:
-        note = claim(folder)
-    except (ValueError, OSError) as e:
-        die(f"--{flag}: {e}")
-    if note:
-        print(note)
 
 
 def release(folder=None):

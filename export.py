@@ -30,9 +30,9 @@ import shlex
 import sys
 import tempfile
 
-import configurator  # before torch: Ctrl-C while the libraries load is one line too
+import runtime  # before torch: Ctrl-C while the libraries load is one line too
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("nothing was written", at_once=True)
+    runtime.exit_on_ctrl_c("nothing was written", at_once=True)
 
 import torch  # noqa: E402
 
@@ -40,7 +40,7 @@ import atomic_files  # noqa: E402
 import checkpoint  # noqa: E402
 import tasks  # noqa: E402
 import tokenizer  # noqa: E402
-from configurator import die  # noqa: E402
+from runtime import die  # noqa: E402
 from model import GPTConfig  # noqa: E402
 
 INSTALL = "pip install transformers safetensors"
@@ -103,7 +103,7 @@ def llama_config(cfg, mlp_width, mask_token_id, extra):
     """The LlamaConfig of our GPTConfig; extra (JSON-able) is kept in it under "nanomeap"."""
     from transformers import LlamaConfig
     return LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=mlp_width,
+        vocab_size=cfg.padded_vocab_size, hidden_size=cfg.n_embd, intermediate_size=mlp_width,
         num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
         head_dim=cfg.n_embd // cfg.n_head, hidden_act="silu", max_position_embeddings=cfg.block_size,
         rms_norm_eps=1e-6, rope_theta=cfg.rope_theta, tie_word_embeddings=False, attention_bias=False,
@@ -229,7 +229,7 @@ def export(src, dst):
         hf.load_state_dict(to_llama(ckpt["model"], cfg), assign=True)
         hf.save_pretrained(tmp, safe_serialization=True)
         # greedy, and never [MASK] or the vocabulary padding: what sample.py --temperature 0 draws
-        GenerationConfig(do_sample=False, suppress_tokens=list(range(mask_id, cfg.vocab_size))).save_pretrained(tmp)
+        GenerationConfig(do_sample=False, suppress_tokens=list(range(mask_id, cfg.padded_vocab_size))).save_pretrained(tmp)
         if tok is not None:
             tok.save_pretrained(tmp)
         elif "stoi" in meta:  # nanoGPT's characters: the mapping itself
@@ -295,8 +295,15 @@ def import_hf(src, dst):
     except Exception as e:  # safetensors' SafetensorError for a truncated or foreign file
         die(f"--from {src}: cannot read model.safetensors ({type(e).__name__}: {str(e).splitlines()[0][:80]}); "
             f"it may be truncated")
+    try:  # config.json holds the padded vocabulary; the checkpoint's is the real one, [MASK] its last id
+        cfg = checkpoint.model_config({"model_args": dataclasses.asdict(cfg), "mask_token_id": extra["mask_token_id"]})
+    except ValueError as e:
+        die(f"--from {src}: config.json describes no model that model.py builds ({e})")
     model_args = dataclasses.asdict(cfg)
-    exported = [*extra.get("model_args", {}).items(), *((k, v) for k, v in extra["config"].items() if k in SHAPE)]
+    saved = dict(extra.get("model_args", {}))
+    if saved.get("vocab_size") == cfg.padded_vocab_size:  # (exported before GPTConfig kept the two apart)
+        saved["vocab_size"] = cfg.vocab_size
+    exported = [*saved.items(), *((k, v) for k, v in extra["config"].items() if k in SHAPE)]
     edited = sorted({f"{k} {model_args[k]} (exported: {v})" for k, v in exported
                      if k in model_args and v != model_args[k]})
     if edited:
@@ -348,16 +355,16 @@ def main(argv=None):
     for flag, value in (("--out_dir", args.out_dir), ("--from", args.source), ("--to", args.to)):
         if value is not None and not value.strip():
             die(f"{flag} is empty; give a folder")
-    configurator.exit_on_ctrl_c(f"nothing was written to --to {args.to}", at_once=True)
+    runtime.exit_on_ctrl_c(f"nothing was written to --to {args.to}", at_once=True)
     require_transformers()  # loaded at once (see exit_on_ctrl_c); then Ctrl-C unwinds, removing a half-written --to
-    configurator.exit_on_ctrl_c(f"nothing was written to --to {args.to}")
+    runtime.exit_on_ctrl_c(f"nothing was written to --to {args.to}")
     if args.out_dir is not None:
         dst = export(args.out_dir, args.to)
-        configurator.work_done()
+        runtime.work_done()
         print(f"wrote {dst}: LlamaForCausalLM.from_pretrained({args.to!r}) loads it")
     else:
         dst = import_hf(args.source, args.to)
-        configurator.work_done()
+        runtime.work_done()
         print(f"wrote {dst}/ckpt.pt: train.py --init_from {shlex.quote(args.to)} fine-tunes it")
 
 

@@ -202,6 +202,22 @@ def check_mode(mode):
         raise ValueError(f"mask mode must be one of {MODES}, got {mode!r}")
 
 
+def check_options(ratio, *, mode="per_sequence", spares=False, corruption="mask"):
+    """MEAP's options, checked before a run starts (meap_inputs checks them again at every call):
+    ValueError naming the train.py flag at fault. spares: some positions are to be excluded."""
+    try:
+        _ratio(ratio)
+    except ValueError as e:
+        raise ValueError(f"--mask_ratio: {e}") from None
+    if mode not in MODES:
+        raise ValueError(f"--mask_mode: mask mode must be one of {MODES}, got {mode!r}")
+    if corruption not in CORRUPTIONS:
+        raise ValueError(f"--corruption: corruption must be one of {CORRUPTIONS}, got {corruption!r}")
+    if mode == "shared" and spares:
+        raise ValueError("--mask_mode: shared mode masks the same columns in every row, as the official code, "
+                         "and cannot exclude positions; use per_sequence to spare some")
+
+
 def shared_seed(step):
     """The official code's seed for the shared columns of optimizer step `step`."""
     return 50 + step % 51

@@ -150,7 +150,7 @@ INITS = ("nanomeap", "official")  # weight initialisations: ours, and the MEAP c
 @dataclass
 class GPTConfig:
     block_size: int = 256  # longest sequence (RoPE tables and KV cache are this long)
-    vocab_size: int = 192  # including [MASK]; rounded up to a multiple of 64, which keeps the matmuls fast
+    vocab_size: int = 192  # token ids, [MASK] included (the model's rows: padded_vocab_size)
     n_layer: int = 4
     n_head: int = 4
     n_kv_head: int = 0  # 0 or n_head: plain multi-head attention; fewer: grouped-query attention
@@ -159,13 +159,18 @@ class GPTConfig:
     init: str = "nanomeap"  # 'nanomeap' (width-aware, see _init_weights) or 'official' (the MEAP code's)
     emb_common: float = 0.0  # std of one random vector added to every token's embedding at init; 0 = none
 
+    @property
+    def padded_vocab_size(self):
+        """vocab_size rounded up to a multiple of 64, which keeps the matmuls fast (nanoGPT pads
+        GPT-2's 50257 to 50304): the rows of the embedding and of the output head. The ids past
+        vocab_size never occur in the data, so their rows only learn to be unlikely."""
+        return 64 * math.ceil(self.vocab_size / 64)
+
     def __post_init__(self):
-        """Resolve the defaults that depend on other fields, then check the shape: ValueError (one
-        line) for a model that cannot be built."""
+        """Resolve the fields that depend on others, then check the shape: ValueError (one line)
+        for a model that cannot be built."""
         # so that GPTConfig(n_head=8) means 8 key/value heads too, not grouped-query attention by accident
         self.n_kv_head = self.n_kv_head or self.n_head
-        # the ids past the real vocabulary are never in the data (nanoGPT pads GPT-2's 50257 to 50304)
-        self.vocab_size = 64 * math.ceil(self.vocab_size / 64)
         if min(self.block_size, self.vocab_size, self.n_layer, self.n_head, self.n_kv_head, self.n_embd) < 1 or \
                 self.n_embd % self.n_head or self.n_head % self.n_kv_head or (self.n_embd // self.n_head) % 2:
             raise ValueError(f"need positive sizes, n_embd divisible by n_head with an even head size (RoPE "
@@ -185,10 +190,10 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config  # (GPTConfig checked the shape)
-        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.tok_emb = nn.Embedding(config.padded_vocab_size, config.n_embd)
         self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         self.norm = RMSNorm(config.n_embd)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         cos, sin = rope_cache(config.block_size, config.n_embd // config.n_head, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -229,7 +234,7 @@ class GPT(nn.Module):
         return n - self.tok_emb.weight.numel() if non_embedding else n
 
     def forward(self, idx, targets=None, kv_cache=None):
-        """idx (B, T) token ids -> (logits (B, T, vocab_size), loss): given targets (B, T), the mean
+        """idx (B, T) token ids -> (logits (B, T, padded_vocab_size), loss): given targets (B, T), the mean
         next-token cross-entropy over targets != -1; without them, None."""
         logits = self._run(idx, kv_cache)
         loss = None
@@ -276,12 +281,6 @@ class GPT(nn.Module):
         cfg = self.config
         return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * seq_len
 
-    def estimate_mfu(self, tokens_per_sec, seq_len, device):
-        """Model FLOPs utilisation against the dense bf16 peak of the GPU in use; None when that
-        peak is unknown (CPU, MPS, an unlisted GPU), rather than a number that misleads."""
-        peak = gpu_peak_flops(device)
-        return None if peak is None else self.flops_per_token(seq_len) * tokens_per_sec / peak
-
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, vocab_limit=None):
         """Extend idx (B, T) by max_new_tokens tokens, feeding one new token per step through a
@@ -303,7 +302,7 @@ class GPT(nn.Module):
             else:
                 ctx = idx[:, -1:]
             logits, _ = self(ctx, kv_cache=cache)
-            logits = logits[:, -1, :].float()  # (B, vocab_size)
+            logits = logits[:, -1, :].float()  # (B, padded_vocab_size)
             if vocab_limit is not None:
                 logits[:, vocab_limit:] = float("-inf")
             if temperature == 0:
@@ -318,22 +317,15 @@ class GPT(nn.Module):
         return idx
 
 
-# Dense (no sparsity) bf16/fp16 tensor-core peak, FLOP/s, from the vendors' data sheets. The first
-# name contained in torch.cuda.get_device_name() wins, so specific names come before general ones.
-GPU_PEAK_FLOPS = [
-    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
-    ("H800", 989e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12),
-    ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12),
-    ("V100", 125e12), ("T4", 65e12),
-]
-
-
-def peak_flops_of(name):
-    """Peak FLOP/s of a GPU by its name (as torch.cuda.get_device_name gives it), or None."""
-    return next((flops for key, flops in GPU_PEAK_FLOPS if key in name), None)
-
-
-def gpu_peak_flops(device):
-    """Peak FLOP/s of the CUDA device, or None (not CUDA, or not in the table above)."""
-    device = torch.device(device)
-    return peak_flops_of(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+def num_params_of(config):
+    """GPT(config)'s parameter count, without its memory or the time to build it: a model of one
+    layer and one of two on the meta device, whose difference is one layer's worth. ValueError
+    (one line) for sizes past what torch can count."""
+    try:
+        with torch.device("meta"):
+            one, two = (GPT(GPTConfig(**{**config.__dict__, "n_layer": n})) for n in (1, 2))
+    except (RuntimeError, OverflowError) as e:
+        raise ValueError(f"this model is too large to build ({str(e).splitlines()[0][:60]}); lower --n_embd, "
+                         f"--n_layer or --block_size") from None
+    per_layer = two.num_params(False) - one.num_params(False)
+    return one.num_params(False) + (config.n_layer - 1) * per_layer

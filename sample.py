@@ -13,8 +13,9 @@ one. [MASK] and the vocabulary padding are never sampled.
 import os
 import sys
 
-import configurator  # before torch: Ctrl-C while the libraries load is one line too
-configurator.exit_on_ctrl_c("stopped sampling", at_once=True)
+import runtime  # before torch: Ctrl-C while the libraries load is one line too
+import configurator
+runtime.exit_on_ctrl_c("stopped sampling", at_once=True)
 
 import torch  # noqa: E402
 
@@ -22,7 +23,7 @@ import checkpoint  # noqa: E402
 import random_streams  # noqa: E402
 import tasks  # noqa: E402
 import tokenizer  # noqa: E402
-from configurator import die  # noqa: E402
+from runtime import die  # noqa: E402
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # folder holding ckpt.pt
@@ -34,7 +35,10 @@ top_k = 200  # sample only among the k likeliest tokens; 0 = all
 seed = 1337  # seeds the sampling and the choice of task prompts
 device = "auto"  # 'auto' (cuda, then mps, then cpu), or cpu, cuda, cuda:1, mps
 # -----------------------------------------------------------------------------
-configurator.apply(sys.argv[1:], globals())
+try:
+    configurator.apply(sys.argv[1:], globals())
+except configurator.ConfigError as e:
+    die(e)
 MAX_TOKENS = 10**6
 
 if num_samples < 1 or max_new_tokens < 1:
@@ -47,8 +51,8 @@ if num_samples * max_new_tokens > MAX_TOKENS:  # each new token costs a forward 
     die(f"--num_samples x --max_new_tokens is {num_samples * max_new_tokens:,}; sample.py draws at most "
         f"{MAX_TOKENS:,} tokens in all (lower either)")
 try:
-    device = configurator.pick_device(device)
-except configurator.ConfigError as e:
+    device = runtime.pick_device(device)
+except ValueError as e:
     die(e)
 if not out_dir.strip():
     die("--out_dir is empty; give the folder of a train.py run")

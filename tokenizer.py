@@ -28,8 +28,8 @@ from typing import Callable
 import numpy as np
 
 from atomic_files import reserved, write_all_atomically, write_atomically, write_failed
-import configurator
-from configurator import die
+import runtime
+from runtime import die
 
 TOKENIZERS = ("gpt2", "byte", "bpe")
 # GPT-2's rule for splitting text before BPE (contractions, words, numbers, punctuation, spaces):
@@ -220,55 +220,56 @@ TINY_SHAKESPEARE = "https://raw.githubusercontent.com/karpathy/char-rnn/master/d
 
 
 def read_text(path=None, url=None):
-    """The text of a local file, or else of url; a one-line exit (die) when neither works."""
+    """The text of a local file, or else of url; ValueError (one line) when neither works."""
     if path:
         try:
             with open(path, encoding="utf-8") as f:
                 return f.read()
         except (OSError, UnicodeDecodeError) as e:
-            die(f"cannot read --input {path} ({type(e).__name__}); give a UTF-8 text file")
+            raise ValueError(f"cannot read --input {path} ({type(e).__name__}); give a UTF-8 text file") from None
     try:
         with urllib.request.urlopen(url, timeout=30) as r:
             return r.read().decode("utf-8")
     except Exception as e:
-        die(f"cannot download {url} ({type(e).__name__}); "
-                         f"pass --input PATH to a local text file instead")
+        raise ValueError(f"cannot download {url} ({type(e).__name__}); "
+                         f"pass --input PATH to a local text file instead") from None
 
 
 def prepare(out_dir, text, tok, val_fraction=0.1):
     """Tokenize text, split it (the first 1 - val_fraction is train, the rest val), and write
-    out_dir/{train,val}.bin and meta.pkl. Returns {"train": n_tokens, "val": n_tokens}."""
+    out_dir/{train,val}.bin and meta.pkl. Returns {"train": n_tokens, "val": n_tokens}. ValueError
+    or OSError (one line) if that cannot be done; out_dir is then as it was."""
     if tok.vocab_size > 65536:
-        die(f"a vocabulary of {tok.vocab_size} ids does not fit uint16")
+        raise ValueError(f"a vocabulary of {tok.vocab_size} ids does not fit uint16")
     n = len(text)
     split = int(n * (1 - val_fraction))
     ids = {"train": tok.encode(text[:split]), "val": tok.encode(text[split:])}
     if min(len(v) for v in ids.values()) < 2:
-        die(f"the text is too short to split ({n} characters)")
+        raise ValueError(f"the text is too short to split ({n} characters)")
     write_dataset(out_dir, ids, tok)
     return {k: len(v) for k, v in ids.items()}
 
 
 def check_out_dir(out_dir):
-    """A one-line exit (die) unless out_dir is a folder that can be written, or can be created:
+    """ValueError (one line) unless out_dir is a folder that can be written, or can be created:
     called before the work, so a mistake costs no time. Creates nothing."""
     d = os.path.abspath(out_dir)
     try:
         reserved(out_dir)
     except ValueError as e:
-        die(f"--out_dir {e}")
+        raise ValueError(f"--out_dir {e}") from None
     if not out_dir.strip() or (os.path.exists(d) and not os.path.isdir(d)):
-        die(f"--out_dir {out_dir!r} is {'empty' if not out_dir.strip() else 'a file'}; give a folder")
+        raise ValueError(f"--out_dir {out_dir!r} is {'empty' if not out_dir.strip() else 'a file'}; give a folder")
     while not os.path.exists(d):
         d = os.path.dirname(d)
     if not os.path.isdir(d) or not os.access(d, os.W_OK):
-        die(f"cannot write to --out_dir {out_dir} ({d} is {'a file' if not os.path.isdir(d) else 'not writable'})")
+        raise ValueError(f"cannot write to --out_dir {out_dir} ({d} is {'a file' if not os.path.isdir(d) else 'not writable'})")
 
 
 def write_dataset(out_dir, ids, tok, **extra):
     """ids {"train": ..., "val": ...} as out_dir/train.bin and val.bin (uint16), and meta.pkl
     (write_meta, with extra), all three replaced together or none (atomic_files.write_all_atomically).
-    A failure (a full disk) is one line (die), and a folder this call created is removed again."""
+    A failure (a full disk) raises OSError (one line), and a folder this call created is removed again."""
     created = not os.path.isdir(out_dir)
     writes = {os.path.join(out_dir, f"{split}.bin"): np.asarray(v, dtype=np.uint16).tofile for split, v in ids.items()}
     writes[os.path.join(out_dir, "meta.pkl")] = meta_writer(tok, **extra)
@@ -282,7 +283,7 @@ def write_dataset(out_dir, ids, tok, **extra):
                 os.rmdir(out_dir)
             except OSError:
                 pass
-        die(f"--out_dir: {why}; the dataset there is as it was")
+        raise OSError(f"--out_dir: {why}; the dataset there is as it was") from None
 
 
 def meta_writer(tok, **extra):
@@ -311,15 +312,15 @@ def prepare_main(tokenizer_name, default_out, argv=None):
     args = ap.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         die(f"--val_fraction must be in (0, 1), got {args.val_fraction}")
-    configurator.exit_on_ctrl_c(f"{args.out_dir} is as it was", at_once=True)
-    check_out_dir(args.out_dir)
+    runtime.exit_on_ctrl_c(f"{args.out_dir} is as it was", at_once=True)
     try:
+        check_out_dir(args.out_dir)
         tok = get_tokenizer(tokenizer_name)
-    except ValueError as e:
-        die(f"{e}")
-    text = read_text(args.input, TINY_SHAKESPEARE)
-    configurator.exit_on_ctrl_c(f"{args.out_dir} is as it was (its files are replaced together, at the end)")
-    counts = prepare(args.out_dir, text, tok, args.val_fraction)
-    configurator.work_done()
+        text = read_text(args.input, TINY_SHAKESPEARE)
+        runtime.exit_on_ctrl_c(f"{args.out_dir} is as it was (its files are replaced together, at the end)")
+        counts = prepare(args.out_dir, text, tok, args.val_fraction)
+    except (ValueError, OSError) as e:
+        die(e)
+    runtime.work_done()
     print(f"{len(text):,} characters -> {tokenizer_name} ({tok.vocab_size:,} ids, [MASK] = {tok.mask_id})")
     print(f"train.bin {counts['train']:,} tokens, val.bin {counts['val']:,} tokens, meta.pkl -> {args.out_dir}")

@@ -31,8 +31,9 @@ import shlex
 import sys
 import time
 
-import configurator  # before torch: Ctrl-C while the libraries load is one line too
-configurator.exit_on_ctrl_c("nothing was trained", at_once=True)
+import runtime  # before torch: Ctrl-C while the libraries load is one line too
+import configurator
+runtime.exit_on_ctrl_c("nothing was trained", at_once=True)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -44,9 +45,9 @@ import checkpoint  # noqa: E402
 import random_streams  # noqa: E402
 import tasks  # noqa: E402
 import tokenizer  # noqa: E402
-from configurator import die  # noqa: E402
-from mask import meap_inputs, num_masked  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+from runtime import die  # noqa: E402
+from mask import check_options, meap_inputs, num_masked  # noqa: E402
+from model import GPT, GPTConfig, num_params_of  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -102,172 +103,99 @@ dtype = "auto"  # 'auto' (bfloat16 on CUDA, float16 on older GPUs, float32 elsew
 compile = False  # torch.compile the model: faster on recent GPUs after a warm-up, rarely on CPU
 seed = 1337  # seeds the weights, the data order and the masks
 # -----------------------------------------------------------------------------
-defaults = configurator.defaults_of(globals())  # the settings above, as written there
-config_keys = list(defaults)
-overrides = configurator.apply(sys.argv[1:], globals())
-MODEL = ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "init", "emb_common")  # fixed by the weights
-
-
-def settings_from(ckpt, path, resume):
-    """The settings this run takes from the checkpoint it starts from. Resuming takes all of them
-    (a flag given now wins, except against the model's shape); fine-tuning takes the data and the
-    model (the checkpoint's, and a flag that disagrees is refused). A setting the checkpoint
-    predates had its default when it was trained."""
-    try:
-        saved = checkpoint.settings(ckpt)  # each of its type; defaults for those it predates
-    except ValueError as e:
-        die(f"{path}: {e}")
-    if resume:
-        taken = [k for k in config_keys if k not in overrides and k not in ("init_from", "out_dir", "overwrite")]
-        fixed = MODEL
-        whose, hint = "the checkpoint's", "drop the flag to resume, or use a new --out_dir"
-    else:
-        taken = fixed = ["dataset", *MODEL]
-        whose, hint = f"{path}'s", "drop the flag"
-    for k in fixed:
-        if k in overrides and overrides[k] != saved[k]:
-            die(f"--{k} {overrides[k]} does not match {whose} {saved[k]}; {hint}")
-    return {k: saved[k] for k in taken}
-
-
-for k in ("out_dir", "init_from"):
-    if not globals()[k].strip():
-        die(f"--{k} is empty; give a folder")
-ckpt_path = os.path.join(out_dir, "ckpt.pt")
-ckpt = None  # the checkpoint to start from, if any
-if init_from == "resume":  # continue the run in out_dir, with the settings saved in its checkpoint
-    if not os.path.exists(ckpt_path):
-        die(checkpoint.hf_export_hint(out_dir, "--out_dir") or f"--init_from resume: no checkpoint at {ckpt_path} "
-            f"(check --out_dir, or start with --init_from scratch)")
-    start_path = ckpt_path
-elif init_from != "scratch":  # fine-tune: the weights and the model's shape from a checkpoint
-    start_path = init_from if init_from.endswith(".pt") else os.path.join(init_from, "ckpt.pt")
-    if not os.path.exists(start_path):
-        die(checkpoint.hf_export_hint(init_from, "--init_from") or f"--init_from {init_from}: no checkpoint there "
-            f"(give a ckpt.pt, its folder, 'scratch' or 'resume')")
-    if os.path.realpath(os.path.dirname(start_path)) == os.path.realpath(out_dir):
-        die(f"--out_dir {out_dir} holds the checkpoint this run starts from; give the fine-tuned model its own --out_dir")
-if init_from != "scratch":
-    try:
-        ckpt = checkpoint.load_checkpoint(start_path)
-    except ValueError as e:
-        die(f"{e}; use a new --out_dir" if init_from == "resume" else e)
-    lacks = [k for k in ("optimizer", "scaler", "rng") if k not in ckpt]
-    if type(ckpt.get("iter_num")) is not int or ckpt["iter_num"] < 0:
-        lacks.append("a step count (iter_num >= 0)")
-    if init_from == "resume" and lacks:
-        die(f"{start_path} lacks {', '.join(lacks)}: it cannot continue exactly; fine-tune from it "
-            f"(--init_from {shlex.quote(out_dir)} with a new --out_dir) or start a new run")
-    globals().update(settings_from(ckpt, start_path, resume=init_from == "resume"))
-n_kv_head = n_kv_head or n_head  # resolved here, so that the checkpoint's settings name the count
-config = {k: globals()[k] for k in config_keys}
-finetune = sft != "none"
-
-# the settings' ranges, so that a mistake is one line now rather than a traceback later
-# (batches.Batches checks the data, MEAP's and fine-tuning's settings; GPTConfig the model's shape)
-if finetune and init_from == "scratch":
-    die("--sft fine-tunes a trained model: give its checkpoint, --init_from out-base (or ckpt.pt)")
+config_keys = list(configurator.defaults_of(globals()))  # the settings above
 try:
-    configurator.check_ranges(config)  # sizes >= 1, rates and betas in range (experiments' --set: the same)
+    overrides = configurator.apply(sys.argv[1:], globals())  # config files and flags, left to right
 except configurator.ConfigError as e:
     die(e)
 
 # -----------------------------------------------------------------------------
-# devices and processes
+# the checkpoint this run starts from: resumed (all its settings) or fine-tuned (its data and model)
 try:
-    precision = configurator.precision(device, dtype)  # the device, dtype, autocast and loss scaler
-except configurator.ConfigError as e:
+    ckpt, start_path = checkpoint.start_from(init_from, out_dir)
+    if ckpt is not None:
+        globals().update(checkpoint.settings_from(ckpt, start_path, init_from == "resume", overrides))
+except ValueError as e:
     die(e)
+n_kv_head = n_kv_head or n_head  # resolved here, so that the checkpoint's settings name the count
+config = {k: globals()[k] for k in config_keys}
+finetune = sft != "none"
+ckpt_path, metrics_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "metrics.jsonl")
+
+# -----------------------------------------------------------------------------
+# every check, before anything is read or written: a mistake is one line naming the fix
+world_size = int(os.environ.get("WORLD_SIZE", 1))  # processes (torchrun sets it)
+try:
+    if finetune and init_from == "scratch":
+        raise ValueError("--sft fine-tunes a trained model: give its checkpoint, --init_from out-base (or ckpt.pt)")
+    if gradient_accumulation_steps % world_size:
+        raise ValueError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be a multiple of the "
+                         f"number of processes ({world_size})")
+    configurator.check_ranges(config)  # sizes >= 1, rates and betas in range
+    precision = runtime.precision(device, dtype)  # the device, dtype, autocast and loss scaler
+    model_config = GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head,
+                             n_embd=n_embd, vocab_size=64, init=init, emb_common=emb_common)  # the shape
+    # a floor on the memory, before the data are read (64: the least vocabulary): 10**10 tokens fail here
+    runtime.check_memory(num_params_of(model_config), batch_size * block_size, 64, precision.device)
+    if finetune:
+        batches.check_sft(config)  # first: fine-tuning needs a synthetic checkpoint, whatever data/ holds
+    else:
+        check_options(mask_ratio, mode=mask_mode, spares=not mask_queries, corruption=corruption)  # MEAP's
+    mask_token_id, meta = batches.vocabulary(dataset, block_size, task, n_pairs, n_needles, mqar_offset)
+    tokenizer_id = tokenizer.identity(meta, mask_token_id)  # saved with every checkpoint
+    if ckpt is not None:  # the ids must mean what they meant when the checkpoint was trained
+        checkpoint.check_tokenizer(ckpt, start_path, tokenizer_id, "the synthetic tasks have" if dataset ==
+                                   "synthetic" else f"{os.path.join('data', dataset)} now has")
+    model_config = dataclasses.replace(model_config, vocab_size=mask_token_id + 1)  # [MASK] is the last id
+    row_len = 2 * qa_tokens - 1 if sft == "concat" else qa_tokens - 1 if finetune else block_size
+    runtime.check_memory(num_params_of(model_config), batch_size * row_len, model_config.padded_vocab_size,
+                         precision.device)
+except ValueError as e:  # (ConfigError is one)
+    die(e)
+
+# -----------------------------------------------------------------------------
+# devices and processes
 device, device_type, dtype, ctx, scaler = (precision.device, precision.device_type, precision.dtype,
                                            precision.autocast, precision.scaler)
 ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
 if ddp:
     dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    ddp_rank, ddp_world_size = dist.get_rank(), dist.get_world_size()
+    ddp_rank = dist.get_rank()
     if device_type == "cuda":
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
         torch.cuda.set_device(device)
-    if gradient_accumulation_steps % ddp_world_size:
-        die(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be a multiple of the "
-            f"number of processes ({ddp_world_size})")
-    gradient_accumulation_steps //= ddp_world_size
+    gradient_accumulation_steps //= world_size
 else:
-    ddp_rank, ddp_world_size = 0, 1
+    ddp_rank = 0
 master = ddp_rank == 0  # the process that evaluates, logs and saves
-
-
-
-def model_config_for(vocab_size):
-    """This run's GPTConfig: it checks the shape, and pads the vocabulary ([MASK] included) to a
-    multiple of 64."""
-    return GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd,
-                     vocab_size=vocab_size, init=init, emb_common=emb_common)
-
-
-try:  # before the data are read: a block of 10**10 tokens is refused here, not in a batch (64: the least vocabulary)
-    configurator.check_memory(model_config_for(64), batch_size * block_size, device)
-except ValueError as e:
-    die(e)
 
 # -----------------------------------------------------------------------------
 # data. Every batch is a pure function of (seed, rank, iteration, micro-step) (batches.py): a
 # resumed run sees exactly the data, and the masks, of the uninterrupted one, and NTP and MEAP runs
 # of a seed see the same data.
-try:
-    data = batches.Batches(config, ddp_rank, ddp_world_size)
-except ValueError as e:
-    die(e)
-mask_token_id, meta = data.mask_token_id, data.meta
-tokenizer_id = tokenizer.identity(meta, mask_token_id)  # saved with every checkpoint
-if ckpt is not None:  # the ids must mean what they meant when the checkpoint was trained
-    try:
-        trained_with = tokenizer.of_checkpoint(ckpt)
-    except ValueError as e:
-        die(f"{start_path}: {e}")
-    if trained_with != tokenizer_id:
-        now = "the synthetic tasks have" if dataset == "synthetic" else f"{data.data_dir} now has"
-        die(f"{start_path} was trained with the tokenizer {tokenizer.describe(trained_with)}, but {now} "
-            f"{tokenizer.describe(tokenizer_id)} (prepared again since?); train on the data it was trained with, "
-            f"or start a new run in a new --out_dir")
-tokens_per_iter = int(gradient_accumulation_steps * ddp_world_size * batch_size * data.row_tokens)
-
-
-def to_device(*ts):
-    return configurator.to_device(device, *ts)
-
+data = batches.Batches(dataset, block_size, batch_size, seed, task, n_pairs, n_needles, mqar_offset, mask_mode,
+                       ddp_rank, world_size)
+if finetune:  # a fixed set of QA examples; MEAP-SFT duplicates each and masks the answer in the copy
+    sft_data = batches.SFTBatches(sft, seed, sft_examples, qa_tokens, n_docs, answer_len, mask_ratio, mask_token_id,
+                                  sft_min_answer, sft_static, batch_size, gradient_accumulation_steps, ddp_rank,
+                                  world_size)
+row_tokens = sft_data.row_tokens if finetune else block_size  # tokens of one example per row, for tok/s
+tokens_per_iter = int(gradient_accumulation_steps * world_size * batch_size * row_tokens)
 
 # -----------------------------------------------------------------------------
 # model and optimizer
 torch.manual_seed(seed)
-try:  # the shape checked, and a model too large for the machine refused, before any memory is taken
-    model_config = model_config_for(data.vocab_size)
-    configurator.check_memory(model_config, batch_size * data.row_len, device)
-except ValueError as e:
-    die(e)
 model_args = dataclasses.asdict(model_config)  # saved with every checkpoint: what builds the model again
 raw_model = GPT(model_config).to(device)
 optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
-iter_num = saved_iter = 0  # saved_iter: the step of the last checkpoint in out_dir (0: none yet)
+iter_num = 0
 if ckpt is not None:  # resume: weights, optimizer, loss scaler, random state; fine-tune: the weights
-    resume = init_from == "resume"
-    fix = "; use a new --out_dir" if resume else ""
     try:
-        trained = GPTConfig(**ckpt["model_args"])  # a field that the checkpoint predates takes its default
-    except (TypeError, ValueError) as e:
-        die(f"{start_path} holds a model this model.py cannot build ({e}){fix}")
-    if trained != model_config:
-        was = dataclasses.asdict(trained)
-        die(f"{start_path} was trained with " + ", ".join(f"{k} {v} (this run: {model_args[k]})" for k, v in was.items()
-                                                          if v != model_args[k]) + fix)
-    try:
-        raw_model.load_state_dict(ckpt["model"])
-        if resume:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt["scaler"])
-            torch.set_rng_state(ckpt["rng"]["torch"])
-            iter_num = saved_iter = int(ckpt["iter_num"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        die(f"{start_path} does not fit this model ({str(e).splitlines()[0]}){fix}")
+        iter_num = checkpoint.restore(ckpt, start_path, raw_model, *((optimizer, scaler) if init_from == "resume"
+                                                                    else ()))
+    except ValueError as e:
+        die(e)
+saved_iter = iter_num  # the step of the last checkpoint in out_dir (0: none yet)
 ckpt = None  # free the memory
 model = torch.compile(raw_model) if compile else raw_model
 if ddp:
@@ -288,20 +216,19 @@ def get_lr(it):
 def evaluate():
     """Clean-input val loss, and for synthetic data the retrieval accuracy (tasks.evaluate)."""
     raw_model.eval()
-    losses = []
-    for k in range(eval_iters):
-        x, y = to_device(*(data.sft_val(k) if finetune else data.clean("val", k)[:2]))
-        with ctx:
+    held_out = [random_streams.VAL_SEED, random_streams.EVAL]  # the same examples at every evaluation
+    with ctx:
+        losses = []
+        for k in range(eval_iters):
+            x, y = runtime.to_device(device, *(sft_data.val(k) if finetune else data.clean("val", k)[:2]))
             losses.append(raw_model(x, y)[1].item())
-    out = {"val_loss": float(np.mean(losses))}
-    if finetune:
-        with ctx:
-            out.update(tasks.evaluate_qa(raw_model, qa_tokens - 1, n_docs, answer_len, eval_examples,
-                                         seed=[random_streams.VAL_SEED, random_streams.EVAL], device=device))
-    elif dataset == "synthetic":
-        with ctx:
-            out.update(tasks.evaluate(raw_model, task, block_size, n_pairs, n_needles, eval_examples,
-                                      seed=[random_streams.VAL_SEED, random_streams.EVAL], device=device))
+        out = {"val_loss": float(np.mean(losses))}
+        if finetune:
+            out.update(tasks.evaluate_qa(raw_model, qa_tokens - 1, n_docs, answer_len, eval_examples, seed=held_out,
+                                         device=device))
+        elif dataset == "synthetic":
+            out.update(tasks.evaluate(raw_model, task, block_size, n_pairs, n_needles, eval_examples, seed=held_out,
+                                      device=device))
     raw_model.train()
     return out
 
@@ -356,28 +283,18 @@ def describe_run():
         data_name = (f"{sft_examples} qa examples ({n_docs} documents, {answer_len}-token answers, "
                      f"{qa_tokens} tokens), from {init_from}")
     return (f"{what} | {raw_model.num_params() / 1e6:.2f}M parameters | {data_name} | "
-            f"{tokens_per_iter:,} tokens/iter | {device} {dtype} | {ddp_world_size} process(es)")
+            f"{tokens_per_iter:,} tokens/iter | {device} {dtype} | {world_size} process(es)")
 
 
 # -----------------------------------------------------------------------------
 # training loop
-metrics_path = os.path.join(out_dir, "metrics.jsonl")
-if master:  # one run per out_dir: lock it, and never replace a finished run unasked (checkpoint.py)
-    if checkpoint.is_hf_export(out_dir):
-        die(f"--out_dir {out_dir} holds a Hugging Face model (config.json), not a train.py run; use another folder")
-    configurator.exit_on_ctrl_c("nothing was trained")  # from here, by unwinding: the lock is released
-    checkpoint.claim_or_die(out_dir, "out_dir")
-    if init_from != "resume" and os.path.exists(ckpt_path) and not overwrite:
-        die(f"{out_dir} already holds a run ({ckpt_path}); continue it with --init_from resume, "
-            f"use another --out_dir, or replace it with --overwrite true")
-    replacing = init_from != "resume" and not os.path.exists(ckpt_path) and os.path.isfile(metrics_path)
-    try:  # rows past the checkpoint go (all of them for a new run); a file that is not train.py's log stays
-        torn = checkpoint.truncate_log(metrics_path, iter_num if init_from == "resume" else 0)
+if master:  # one run per out_dir: locked, and a finished run never replaced unasked (checkpoint.open_run)
+    runtime.exit_on_ctrl_c("nothing was trained")  # from here, by unwinding: the lock is released
+    try:
+        for note in checkpoint.open_run(out_dir, init_from == "resume", overwrite, iter_num):
+            print(note)
     except (ValueError, OSError) as e:
         die(e)
-    if torn or replacing:
-        print(f"{metrics_path}: " + ("replaced the log of a run that saved no checkpoint" if replacing
-                                     else "dropped a half-written line"))
     print(describe_run())
     if iter_num:
         print(f"resuming from {ckpt_path} at iter {iter_num}")
@@ -386,16 +303,16 @@ if master:  # one run per out_dir: lock it, and never replace a finished run una
 def get_batch(it, micro):
     """Inputs and targets of one micro-step of training, on the device."""
     if finetune:  # MEAP-SFT (§3.2): duplicated examples, answers masked in the copy
-        x, y = data.sft(it, micro)
+        x, y = sft_data.batch(it, micro)
     else:
         x, y, query = data.clean("train", it, micro)
         # MEAP (§3.1): floor(T * mask_ratio) inputs per row become [MASK]; the targets y stay clean
         x, _ = meap_inputs(x, mask_ratio, mask_token_id, mode=mask_mode, exclude=None if mask_queries else query,
                            generator=data.mask_generator(it, micro), corruption=corruption, vocab_size=mask_token_id)
-    return to_device(x, y)
+    return runtime.to_device(device, x, y)
 
 
-configurator.ctrl_c_raises()  # the loop below says which checkpoint is kept and how to continue
+runtime.ctrl_c_raises()  # the loop below says which checkpoint is kept and how to continue
 try:  # Ctrl-C: stop at once, keep the last checkpoint, say how to continue
     t_start = t_last = time.time()
     it_last, dt_avg, n_lines, final = iter_num, None, 0, {}
@@ -449,7 +366,8 @@ try:  # Ctrl-C: stop at once, keep the last checkpoint, say how to continue
             t_last, it_last = now, iter_num + 1
             n_lines += 1  # the first window holds the start-up (CUDA init, compilation): restart the average
             dt_avg = dt if n_lines <= 2 else 0.7 * dt_avg + 0.3 * dt
-            mfu = raw_model.estimate_mfu(tokens_per_iter / dt, data.row_len, device) if dtype != "float32" else None
+            mfu = None if dtype == "float32" else runtime.mfu(raw_model.flops_per_token(row_len), tokens_per_iter / dt,
+                                                              device)
             eta = (max_iters - iter_num - 1) * dt_avg
             print(f"iter {iter_num}/{max_iters} | loss {train_loss:.4f} | lr {lr:.2e} | {dt * 1000:.1f} ms/iter | "
                   f"{tokens_per_iter / dt / 1000:.1f}k tok/s" + (f" | mfu {mfu * 100:.1f}%" if mfu else "") +
@@ -458,7 +376,7 @@ try:  # Ctrl-C: stop at once, keep the last checkpoint, say how to continue
         iter_num += 1
 except KeyboardInterrupt:
     die(f"interrupted at iter {iter_num}; {resume_hint()}", 130)
-configurator.work_done()  # trained and saved: Ctrl-C now would only cut the last lines short
+runtime.work_done()  # trained and saved: Ctrl-C now would only cut the last lines short
 
 if ddp:  # every process should end with the same weights; check, then say so
     flat = torch.cat([p.detach().float().flatten() for p in raw_model.parameters()])
@@ -466,7 +384,7 @@ if ddp:  # every process should end with the same weights; check, then say so
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
     if master:
-        print(f"ddp: largest weight difference between the {ddp_world_size} processes: {(hi - lo).max().item():.3g}")
+        print(f"ddp: largest weight difference between the {world_size} processes: {(hi - lo).max().item():.3g}")
     # Tear down in order, while Python is still fully alive: the DDP wrapper holds a reference to the
     # process group, so drop it first; the barrier keeps one process from closing its connections while
     # another still uses them. Left to interpreter exit, gloo can abort ("terminate called ...").

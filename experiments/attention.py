@@ -30,14 +30,14 @@ import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
+import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("nothing was written", at_once=True)
+    runtime.exit_on_ctrl_c("nothing was written", at_once=True)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from configurator import die  # noqa: E402
+from runtime import die  # noqa: E402
 import atomic_files  # noqa: E402
 import tasks  # noqa: E402
 from random_streams import VAL_SEED, torch_generator  # noqa: E402

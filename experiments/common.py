@@ -3,7 +3,6 @@ What the experiments share: statistics, atomic writes, running train.py over a g
 per-run data, command-line helpers. The core (model.py, train.py, ...) never imports it.
 """
 
-import glob
 import json
 import math
 import os
@@ -20,14 +19,16 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: train.py, model.py, ...
 sys.path.insert(0, ROOT)
 
-from configurator import die  # noqa: E402
-import batches  # noqa: E402
 import atomic_files  # noqa: E402
+import batches  # noqa: E402
 import checkpoint  # noqa: E402
 import configurator  # noqa: E402
+import runtime  # noqa: E402
 from atomic_files import write_atomically  # noqa: E402
 from checkpoint import load_model  # noqa: E402,F401  (load_model: the experiments' import)
-from model import GPTConfig  # noqa: E402
+from mask import check_options  # noqa: E402
+from model import GPTConfig, num_params_of  # noqa: E402
+from runtime import die  # noqa: E402
 
 
 # -----------------------------------------------------------------------------
@@ -250,17 +251,40 @@ def verdict(d, h, better=None):
     return "gain" if (d > 0) == (better == "higher") else "loss"
 
 
+# -----------------------------------------------------------------------------
+# the reports' cells and tables, one way everywhere (the reports and digest.py's README tables)
+
+def header(first, titles):
+    """A markdown table's head: the first column's title, the others', and the rule under them."""
+    return f"| {first} | " + " | ".join(titles) + " |\n" + "|---" * (len(titles) + 1) + "|\n"
+
+
+def mean_cell(values, fmt):
+    """"mean ± sd" over seeds in fmt (a spread has no sign); NaNs (a step never reached) are left
+    out and counted: "never" when all are."""
+    n_nan = int(np.isnan(np.asarray(values, dtype=float)).sum())
+    if n_nan == len(values):
+        return "never"
+    m, sd = mean_sd(values)
+    return f"{fmt.format(m)} ± {fmt.replace('+', '').format(sd)}" + (f" ({n_nan} never)" if n_nan else "")
+
+
+def diff_cell(a, b, fmt, better=None):
+    """a - b paired by position (values of the same seeds): "mean [95% paired-t interval] verdict",
+    in fmt, the mean with its sign; "n/a" or "(one seed, no interval)" with fewer than two pairs (a
+    NaN is "never")."""
+    d, h = paired_ci(a, b)
+    fmt = fmt.replace("+", "")
+    signed = fmt.replace("{:", "{:+")
+    if not math.isnan(h):
+        return f"{signed.format(d)} [{fmt.format(d - h)}, {fmt.format(d + h)}] {verdict(d, h, better)}"
+    return "n/a" if math.isnan(d) else f"{signed.format(d)} (one seed, no interval)"
+
+
 def diff_cells(a, b, columns, seeds):
-    """Cells of a - b paired by seed, "mean [95% paired-t interval] verdict", for each column
-    (key, title, format[, better]); a and b map a seed to a run's dict."""
-    cells = []
-    for key, _, fmt, *better in columns:
-        d, h = paired_ci([a[s][key] for s in seeds], [b[s][key] for s in seeds])
-        if not math.isnan(h):
-            cells.append(f"{fmt.format(d)} [{fmt.format(d - h)}, {fmt.format(d + h)}] {verdict(d, h, *better)}")
-        else:  # fewer than two seeds where both sides have a value (a NaN is "never")
-            cells.append("n/a" if math.isnan(d) else f"{fmt.format(d)} (one seed, no interval)")
-    return cells
+    """diff_cell of each column (key, title, format[, better]); a and b map a seed to a run's dict."""
+    return [diff_cell([a[s][key] for s in seeds], [b[s][key] for s in seeds], fmt, *better)
+            for key, _, fmt, *better in columns]
 
 
 def within(results, ratios, seeds, key, control, fmt="{:+.3f}"):
@@ -292,20 +316,11 @@ def summary(results, ratios, seeds, columns, names=None, baseline=0.0, first="ma
     def vals(r, key):
         return [results[(r, s)][key] for s in seeds_of(results, r, seeds)]
 
-    head = f"| {first} | " + " | ".join(c[1] for c in columns) + " |\n" + "|---" * (len(columns) + 1) + "|\n"
+    head = header(first, [c[1] for c in columns])
     lines = ["Mean ± sd over seeds " + ", ".join(map(str, seeds)) + (" (rows name their number of seeds)"
                                                                      if uneven else "") + ".\n", head]
     for r in ratios:
-        cells = []
-        for key, _, fmt, *_ in columns:
-            m, sd = mean_sd(vals(r, key))
-            n_nan = int(np.isnan(vals(r, key)).sum())
-            if n_nan == len(vals(r, key)):
-                cells.append("never")
-                continue
-            sd_fmt = fmt.replace("+", "")  # a spread has no sign
-            cells.append(f"{fmt.format(m)} ± {sd_fmt.format(sd)}" + (f" ({n_nan} never)" if n_nan else ""))
-        lines.append(f"| {name(r)} | " + " | ".join(cells) + " |\n")
+        lines.append(f"| {name(r)} | " + " | ".join(mean_cell(vals(r, key), fmt) for key, _, fmt, *_ in columns) + " |\n")
     if baseline in ratios and len(ratios) > 1:
         minus = "MEAP - NTP" if baseline == 0.0 else f"Minus {name(baseline)}"
         lines += [f"\n{minus}, paired by seed: mean [95% paired-t interval] and its verdict{VERDICTS}.\n", head]
@@ -400,15 +415,19 @@ def apply_set(settings, pairs, fixed, hint):
     try:
         s = {**defaults, **configurator.parse([f"--{k}={v}" for k, v in settings.items()], defaults)}
         configurator.check_ranges(s)
-        configurator.precision(s["device"], s["dtype"])
+        device = runtime.precision(s["device"], s["dtype"]).device
         least = GPTConfig(block_size=s["block_size"], vocab_size=64, n_layer=s["n_layer"], n_head=s["n_head"],
                           n_kv_head=s["n_kv_head"], n_embd=s["n_embd"], init=s["init"], emb_common=s["emb_common"])
-        configurator.check_memory(least, s["batch_size"] * s["block_size"], s["device"])
-        batches.check_meap(s, 64) if s["sft"] == "none" else batches.check_sft(s)
+        runtime.check_memory(num_params_of(least), s["batch_size"] * s["block_size"], 64, device)
+        if s["sft"] != "none":
+            batches.check_sft(s)
+        else:
+            check_options(s["mask_ratio"], mode=s["mask_mode"], spares=not s["mask_queries"], corruption=s["corruption"])
         data = os.path.join("data", s["dataset"], "train.bin")
         if s["dataset"] != "synthetic" and not os.path.exists(data):
             die(f"{data} not found; prepare it first: {prepare_command(s['dataset'])}")
-        batches.Batches(s)  # the task fits the block, the data fit their vocabulary: train.py's own checks
+        # the task fits the block, the data fit their vocabulary: train.py's own checks
+        batches.vocabulary(s["dataset"], s["block_size"], s["task"], s["n_pairs"], s["n_needles"], s["mqar_offset"])
     except ValueError as e:  # (ConfigError is one)
         die(f"--set: {e}")
     return settings
@@ -434,7 +453,12 @@ def claim_out(out, grid, planned=None, key="mask_ratio", overwrite=False):
     - planned, {(row, seed): the file that marks that run finished}, names the runs this command
       trains unless their file is there; one that out/runs.json already records (a committed
       result, on a fresh clone) is refused unless overwrite."""
-    checkpoint.claim_or_die(out, "out")
+    try:
+        note = checkpoint.claim(out)
+    except (ValueError, OSError) as e:
+        die(f"--out: {e}")
+    if note:
+        print(note)
     cfg_path = os.path.join(out, "grid.json")
     old = read_json_or_die(cfg_path) if os.path.exists(cfg_path) else None
     if old is not None and not isinstance(old, dict):

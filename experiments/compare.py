@@ -36,17 +36,17 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
+import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("nothing was written", at_once=True)
+    runtime.exit_on_ctrl_c("nothing was written", at_once=True)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from configurator import die  # noqa: E402
+from runtime import die  # noqa: E402
 import tasks  # noqa: E402
 from random_streams import VAL_SEED  # noqa: E402
-from experiments.common import (apply_set, claim_out, diff_cells, grid_runs, interrupted, load_model,  # noqa: E402
+from experiments.common import (apply_set, claim_out, diff_cells, grid_runs, header, interrupted, load_model,  # noqa: E402
                                 load_runs, mean_sd, parse_list, read_json, record_runs, report_or_die, run_name,
                                 save_png, seeds_of, steps_to, summary, train, VERDICTS, write_json, write_text)
 
@@ -208,8 +208,7 @@ def table(results, ratios, seeds):
                                 sorted((k for k in some if k.startswith("kv_p")), key=lambda k: int(k[4:])),
                                 None)]:
         names = names or [str(int(k[4:]) + 1) for k in keys]
-        lines += [f"\n{title}, mean over seeds.\n", "| mask_ratio | " + " | ".join(names) + " |\n",
-                  "|---" * (len(keys) + 1) + "|\n"]
+        lines += [f"\n{title}, mean over seeds.\n", header("mask_ratio", names)]
         for r in ratios:
             lines.append(f"| {r:.2f} | " + " | ".join(
                 f"{mean_sd([results[(r, s)][k] for s in seeds_of(results, r, seeds)])[0]:.3f}" for k in keys) + " |\n")
@@ -219,7 +218,7 @@ def table(results, ratios, seeds):
 def against_table(results, other, seeds, columns, label):
     """Markdown: this grid minus another grid at every mask ratio both have, paired by seed (the
     seeds both have), for the (key, title, format) columns; label names the other grid."""
-    head = "| mask_ratio | " + " | ".join(c[1] for c in columns) + " |\n" + "|---" * (len(columns) + 1) + "|\n"
+    head = header("mask_ratio", [c[1] for c in columns])
     lines = [f"\nThis grid minus {label}, at the same mask_ratio, paired by seed: mean [95% paired-t interval] and its "
              f"verdict{VERDICTS}.\n",
              head]
@@ -353,16 +352,16 @@ def main(argv=None):
     print(f"compare: {n} runs ({len(ratios)} mask ratios x {len(seeds)} seeds), {jobs} at a time, in {out}")
     t0 = time.time()
     ntp_from = args.against if args.against and ntp_twin(out, args.against) else None
-    configurator.ctrl_c_raises()  # interrupted() stops the runs and says how to continue
+    runtime.ctrl_c_raises()  # interrupted() stops the runs and says how to continue
     try:
         results = run_grid(out, ratios, seeds, settings, jobs, p["threads"], examples, ntp_from)
     except KeyboardInterrupt:
         interrupted(out)
-    configurator.exit_on_ctrl_c(f"the finished runs are kept in {out}; the same command writes the report")
+    runtime.exit_on_ctrl_c(f"the finished runs are kept in {out}; the same command writes the report")
     cmd = " ".join(["python experiments/compare.py"] + (argv if argv is not None else sys.argv[1:]))
     record_runs(out, results, cmd, against=os.path.relpath(args.against, out) if args.against else None)
     print(report(out))
-    configurator.work_done()
+    runtime.work_done()
     print(f"wrote {out}/runs.json, {out}/results.md and {out}/results.png | {(time.time() - t0) / 60:.1f} min")
 
 

@@ -31,14 +31,14 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
+import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("nothing was written", at_once=True)
+    runtime.exit_on_ctrl_c("nothing was written", at_once=True)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from configurator import die  # noqa: E402
+from runtime import die  # noqa: E402
 import tasks  # noqa: E402
 from random_streams import VAL_SEED  # noqa: E402
 from experiments.common import (ROOT, apply_set, claim_out, diff_cells, in_parallel, interrupted,  # noqa: E402
@@ -276,17 +276,17 @@ def main(argv=None):
           f"{', '.join(map(str, seeds))}), {jobs} at a time, in {out}", flush=True)
     t0 = time.time()
     torch.set_num_threads(2)
-    configurator.ctrl_c_raises()  # interrupted() stops the runs and says how to continue
+    runtime.ctrl_c_raises()  # interrupted() stops the runs and says how to continue
     try:
         results = run_all(out, arms, seeds, p, settings, ratio, jobs, examples)
     except KeyboardInterrupt:
         interrupted(out)
-    configurator.exit_on_ctrl_c(f"the finished runs are kept in {out}; the same command writes the report")
+    runtime.exit_on_ctrl_c(f"the finished runs are kept in {out}; the same command writes the report")
     cmd = " ".join(["python experiments/compare_sft.py"] + (argv if argv is not None else sys.argv[1:]))
     record_runs(out, results, cmd, key="arm")
     md, line = report(out)
     print(md + line)
-    configurator.work_done()
+    runtime.work_done()
     print(f"wrote {out}/runs.json, {out}/results.md and {out}/results.png | {(time.time() - t0) / 60:.1f} min")
 
 

@@ -14,16 +14,15 @@ are up to date.
 
 import argparse
 import functools
-import math
 import os
 import re
 import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
+import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("nothing was written", at_once=True)
+    runtime.exit_on_ctrl_c("nothing was written", at_once=True)
 
-from configurator import die  # noqa: E402
+from runtime import die  # noqa: E402
 from experiments import attention, compare, common, text  # noqa: E402
 
 RESULTS = os.path.join(common.ROOT, "results")
@@ -59,25 +58,18 @@ def paired(folder, row, base=0.0, other=None):
 
 def diff(folder, row, key, base=0.0, other=None, scale=1):
     """row minus base of results/folder (or minus the same row of results/other), paired by the seeds
-    both have: "d [lo, hi] verdict". scale=100 gives points."""
+    both have: the reports' cell (common.diff_cell), in the report's format; scale=100 gives points."""
     a, b = load(folder), load(other or folder)
     brow = row if other else base
     seeds = paired(folder, row, base, other)
     fmt, better = FORMATS[key]
-    fmt = "{:.1f}" if scale != 1 else fmt.replace("+", "")
-    d, h = common.paired_ci([scale * a[(row, s)][key] for s in seeds], [scale * b[(brow, s)][key] for s in seeds])
-    if math.isnan(h):  # fewer than two seeds where both sides have a value (a NaN step is "never")
-        return "n/a" if math.isnan(d) else f"{fmt.replace('{:', '{:+').format(d)} (one seed, no interval)"
-    return (f"{fmt.replace('{:', '{:+').format(d)} [{fmt.format(d - h)}, {fmt.format(d + h)}] "
-            f"{common.verdict(d, h, better)}")
+    return common.diff_cell([scale * a[(row, s)][key] for s in seeds], [scale * b[(brow, s)][key] for s in seeds],
+                            "{:.1f}" if scale != 1 else fmt, better)
 
 
 def mean(folder, row, key):
-    """Mean ± sd over the seeds of one row of results/folder."""
-    runs = load(folder)
-    m, sd = common.mean_sd([run[key] for (r, _), run in runs.items() if r == row])
-    fmt = FORMATS[key][0]
-    return f"{fmt.format(m)} ± {fmt.replace('+', '').format(sd)}"
+    """Mean ± sd over the seeds of one row of results/folder: the reports' cell (common.mean_cell)."""
+    return common.mean_cell([run[key] for (r, _), run in load(folder).items() if r == row], FORMATS[key][0])
 
 
 def cell(*parts):
@@ -203,12 +195,9 @@ def compact(folder, columns):
     def name(r):
         return f"{r:.2f}{' (NTP)' if r == 0 else ''}" + (f" ({n[r]} seeds)" if uneven else "")
 
-    lines = ["| mask_ratio | " + " | ".join(c[1] for c in columns) + " |\n", "|---" * (len(columns) + 1) + "|\n"]
+    lines = [common.header("mask_ratio", [c[1] for c in columns])]
     ntp = {s: runs[(0.0, s)] for s in common.seeds_of(runs, 0.0, seeds)}
-    cells = []
-    for key, _, fmt, *_ in columns:
-        m, sd = common.mean_sd([run[key] for run in ntp.values()])
-        cells.append(f"{fmt.format(m)} ± {fmt.replace('+', '').format(sd)}")
+    cells = [common.mean_cell([run[key] for run in ntp.values()], fmt) for key, _, fmt, *_ in columns]
     lines.append(f"| {name(0.0)} | " + " | ".join(cells) + " |\n")
     for r in ratios[1:]:
         both = [s for s in common.seeds_of(runs, r, seeds) if s in ntp]
@@ -220,7 +209,7 @@ def compact(folder, columns):
 def contrasts(rows, keys, first="contrast"):
     """A table of differences, one line per contrast (label, folder, row, base row, other folder or
     None: as diff() takes them), one column per key, each cell with its verdict."""
-    lines = [f"| {first} | seeds | " + " | ".join(TITLES[k] for k in keys) + " |\n", "|---" * (len(keys) + 2) + "|\n"]
+    lines = [common.header(first, ["seeds"] + [TITLES[k] for k in keys])]
     for label, folder, row, base, other in rows:
         cells = [diff(folder, row, k, base, other) for k in keys]
         lines.append(f"| {label} | {len(paired(folder, row, base, other))} | " + " | ".join(cells) + " |\n")

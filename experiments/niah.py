@@ -23,14 +23,14 @@ import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
+import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("nothing was written", at_once=True)
+    runtime.exit_on_ctrl_c("nothing was written", at_once=True)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from configurator import die  # noqa: E402
+from runtime import die  # noqa: E402
 import atomic_files  # noqa: E402
 import checkpoint  # noqa: E402
 from experiments.common import keep_result, parse_list, save_png, write_json  # noqa: E402
@@ -121,7 +121,7 @@ def main(argv=None):
         if not isinstance(ckpt.get("meta"), dict):
             raise ValueError(f"{path}: its meta (the tokenizer) is not train.py's")
         atomic_files.check_writable(args.out_dir)  # niah.json goes there: check before the evaluation
-        device = configurator.pick_device(args.device)
+        device = runtime.pick_device(args.device)
     except (ValueError, OSError) as e:
         die(f"{e}")
     meta = ckpt["meta"]

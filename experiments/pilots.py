@@ -22,11 +22,11 @@ import json
 import os
 import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
+import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("nothing was written", at_once=True)
+    runtime.exit_on_ctrl_c("nothing was written", at_once=True)
 
-from configurator import die  # noqa: E402
+from runtime import die  # noqa: E402
 from random_streams import VAL_SEED  # noqa: E402
 from experiments import probes  # noqa: E402
 from experiments.common import (claim_out, in_parallel, interrupted, parse_list, prepare_command,  # noqa: E402
@@ -189,15 +189,15 @@ def main(argv=None):
         if not os.path.exists(data):
             die(f"{data} not found; prepare it first: {prepare_command(PILOTS[n][1]['dataset'])}")
     claim_out(args.out, {"pilots": BASE, "pilot_stages": list(stages)})
-    configurator.ctrl_c_raises()  # interrupted() stops the runs and says how to continue
+    runtime.ctrl_c_raises()  # interrupted() stops the runs and says how to continue
     try:
         in_parallel(lambda n: run_pilot(args.out, n, stages, threads=1), names, args.jobs,
                     lambda n, d: verdict(d, list(d["stages"][0]["copying"]["random"]))[2:].strip())
     except KeyboardInterrupt:
         interrupted(args.out)
-    configurator.exit_on_ctrl_c(f"the finished runs are kept in {args.out}; the same command writes the report")
+    runtime.exit_on_ctrl_c(f"the finished runs are kept in {args.out}; the same command writes the report")
     print(report(args.out), end="")
-    configurator.work_done()
+    runtime.work_done()
     print(f"wrote {args.out}/results.md")
 
 

@@ -27,15 +27,15 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
+import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("nothing was written", at_once=True)
+    runtime.exit_on_ctrl_c("nothing was written", at_once=True)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from configurator import die  # noqa: E402
+from runtime import die  # noqa: E402
 import atomic_files  # noqa: E402
 import checkpoint  # noqa: E402
 from random_streams import torch_generator  # noqa: E402
@@ -215,7 +215,7 @@ def load(out_dir, device="auto"):
         raise ValueError(f"{val} not found: the probes read the checkpoint's held-out text; prepare it first")
     check_same(ckpt, data_dir)  # the held-out ids mean what they meant in training
     tok = for_meta(ckpt["meta"])
-    return model.to(configurator.pick_device(device)), tok, np.memmap(val, dtype=np.uint16, mode="r"), ckpt
+    return model.to(runtime.pick_device(device)), tok, np.memmap(val, dtype=np.uint16, mode="r"), ckpt
 
 
 def main(argv=None):

@@ -27,17 +27,17 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
+import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("nothing was written", at_once=True)
+    runtime.exit_on_ctrl_c("nothing was written", at_once=True)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from configurator import die  # noqa: E402
+from runtime import die  # noqa: E402
 from random_streams import VAL_SEED  # noqa: E402
 from experiments import probes  # noqa: E402
-from experiments.common import (apply_set, claim_out, grid_runs, interrupted, load_runs, mean_sd, run_name,  # noqa: E402
+from experiments.common import (apply_set, claim_out, grid_runs, header, interrupted, load_runs, mean_sd, run_name,  # noqa: E402
                                 parse_list, prepare_command, read_json, record_runs, report_or_die, save_png,
                                 seeds_of, summary, train, VERDICTS, within, write_json, write_text)
 from experiments.compare import MEAP_DEFAULTS  # noqa: E402
@@ -279,7 +279,7 @@ def report(out):
     for kind in curve_kinds(some):
         lines += [f"\nCopying accuracy on the 2nd copy of a {kind} span by step and gap, mean over seeds "
                   "(the 1st copy in brackets: what the model gets without copying).\n",
-                  "| mask_ratio | step | " + " | ".join(f"gap {g}" for g in gaps) + " |\n", "|---" * (len(gaps) + 2) + "|\n"]
+                  header("mask_ratio", ["step"] + [f"gap {g}" for g in gaps])]
         for r in ratios:
             runs = [results[(r, s)] for s in seeds_of(results, r, seeds)]
             for k, (S, _) in enumerate(runs[0]["curve"]):
@@ -349,16 +349,16 @@ def main(argv=None):
     print(f"text: {len(ratios) * len(seeds)} runs ({len(ratios)} mask ratios x {len(seeds)} seeds), "
           f"{p['jobs']} at a time, in {out}")
     t0 = time.time()
-    configurator.ctrl_c_raises()  # interrupted() stops the runs and says how to continue
+    runtime.ctrl_c_raises()  # interrupted() stops the runs and says how to continue
     try:
         results = run_grid(out, ratios, seeds, settings, stages, p["jobs"], p["threads"], examples,
                            p.get("beyond", False))
     except KeyboardInterrupt:
         interrupted(out)
-    configurator.exit_on_ctrl_c(f"the finished runs are kept in {out}; the same command writes the report")
+    runtime.exit_on_ctrl_c(f"the finished runs are kept in {out}; the same command writes the report")
     record_runs(out, results, " ".join(["python experiments/text.py"] + (argv if argv is not None else sys.argv[1:])))
     print(report(out))
-    configurator.work_done()
+    runtime.work_done()
     print(f"wrote {out}/runs.json, {out}/results.md and {out}/results.png | {(time.time() - t0) / 60:.1f} min")
 
 

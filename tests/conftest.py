@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def keep_ctrl_c():
-    """The scripts' main() set how Ctrl-C ends them (configurator.exit_on_ctrl_c, work_done); a test
+    """The scripts' main() set how Ctrl-C ends them (runtime.exit_on_ctrl_c, work_done); a test
     that calls one leaves this process's Ctrl-C as it was."""
     handler = signal.getsignal(signal.SIGINT)
     yield

@@ -14,7 +14,7 @@ import torch
 
 import configurator
 import tasks
-from batches import Batches
+from batches import Batches, SFTBatches, vocabulary
 from helpers import ROOT, TINY, run_inprocess, run_script
 from mask import meap_inputs
 from model import GPT, GPTConfig
@@ -24,7 +24,15 @@ MASK = tasks.MASK_ID
 
 
 def batches(rank=0, world_size=1, **settings):
-    return Batches(dict(DEFAULTS, **settings), rank, world_size)
+    """train.py's pre-training batches for its settings, as train.py builds them; with the settings
+    (cfg) and the [MASK] id that its MEAP line reads beside them."""
+    c = dict(DEFAULTS, **settings)
+    b = Batches(c["dataset"], c["block_size"], c["batch_size"], c["seed"], c["task"], c["n_pairs"], c["n_needles"],
+                c["mqar_offset"], c["mask_mode"], rank, world_size)
+    b.cfg = c
+    b.mask_token_id, _ = vocabulary(c["dataset"], c["block_size"], c["task"], c["n_pairs"], c["n_needles"],
+                                    c["mqar_offset"])
+    return b
 
 
 def meap(b, x, query, it=0, micro=0):
@@ -159,17 +167,20 @@ SFT = dict(n_docs=2, answer_len=20, qa_tokens=72, sft_examples=12, sft_min_answe
 
 
 def sft_batches(layout, ratio=0.1, **kw):
-    return batches(**dict(SFT, sft=layout, mask_ratio=ratio, **kw))
+    """train.py's fine-tuning batches for these settings, as train.py builds them."""
+    c = dict(DEFAULTS, **SFT, sft=layout, mask_ratio=ratio, **kw)
+    return SFTBatches(layout, c["seed"], c["sft_examples"], c["qa_tokens"], c["n_docs"], c["answer_len"], ratio, MASK,
+                      c["sft_min_answer"], c["sft_static"], c["batch_size"], c["gradient_accumulation_steps"])
 
 
 def test_meap_sft_takes_half_the_examples_per_step_with_floor_m_r_masks():
     ntp, concat, separate = sft_batches("ntp", 0.0), sft_batches("concat"), sft_batches("separate")
-    assert len(ntp.sft_indices(0)) == 4 and len(concat.sft_indices(0)) == len(separate.sft_indices(0)) == 2
-    x, y = ntp.sft(0)
+    assert len(ntp.indices(0)) == 4 and len(concat.indices(0)) == len(separate.indices(0)) == 2
+    x, y = ntp.batch(0)
     assert x.shape == (4, 71) and not (x == MASK).any() and ((y != -1).sum(1) == 20).all()
-    x, y = concat.sft(0)  # one row per example: [prompt, answer, prompt, masked answer]
+    x, y = concat.batch(0)  # one row per example: [prompt, answer, prompt, masked answer]
     assert x.shape == (2, 143) and ((x == MASK).sum(1) == 2).all() and ((y != -1).sum(1) == 40).all()
-    x, y = separate.sft(0)  # two rows per example: the clean one, then its masked copy
+    x, y = separate.batch(0)  # two rows per example: the clean one, then its masked copy
     assert x.shape[0] == 4 and ((x == MASK).sum(1).tolist() in ([0, 2, 0, 2], [0, 2, 0, 1], [0, 1, 0, 2],
                                                                   [0, 1, 0, 1]))
     assert ((y != -1).sum(1)[1::2] == 2).all()  # the copy's targets: its 2 masked tokens alone
@@ -178,7 +189,7 @@ def test_meap_sft_takes_half_the_examples_per_step_with_floor_m_r_masks():
 def test_separate_layout_can_mask_the_last_answer_token():
     b, last = sft_batches("separate", 0.5), 0
     for it in range(6):
-        _, y = b.sft(it)
+        _, y = b.batch(it)
         last += int((y[1::2, -1] != -1).sum())  # the copy's last target is the last answer token
     assert last > 0
 
@@ -187,7 +198,7 @@ def test_sft_positions_static_or_dynamic():
     static, dynamic = sft_batches("concat", sft_static=True), sft_batches("concat")
     # example i at step 0 and again at step 6 (one epoch later, 12 examples / 2 per step)
     def masks(b, it):
-        return {i: tuple(row.tolist()) for i, row in zip(b.sft_indices(it), (b.sft(it)[0] == MASK))}
+        return {i: tuple(row.tolist()) for i, row in zip(b.indices(it), (b.batch(it)[0] == MASK))}
     first = {**masks(static, 0), **masks(static, 1)}
     later = {}
     for it in range(6, 12):
@@ -203,12 +214,12 @@ def test_sft_positions_static_or_dynamic():
 @pytest.mark.parametrize("layout", ["ntp", "concat"])
 def test_every_example_once_per_epoch(layout):
     b = sft_batches(layout, 0.0 if layout == "ntp" else 0.1)
-    per = len(b.sft_indices(0))
+    per = len(b.indices(0))
     steps = SFT["sft_examples"] // per
     for epoch in range(3):
-        seen = [i for it in range(epoch * steps, (epoch + 1) * steps) for i in b.sft_indices(it)]
+        seen = [i for it in range(epoch * steps, (epoch + 1) * steps) for i in b.indices(it)]
         assert sorted(seen) == list(range(SFT["sft_examples"]))
-    assert b.sft_indices(0) != b.sft_indices(steps)  # a fresh order every epoch
+    assert b.indices(0) != b.indices(steps)  # a fresh order every epoch
 
 
 # --- train.py on these batches ---------------------------------------------------------------------
@@ -230,9 +241,9 @@ def test_train_py_loss_is_the_loss_on_meap_inputs_and_the_lr_schedule(tmp_path):
     cfg = ckpt["config"]
     torch.manual_seed(cfg["seed"])  # train.py's initial weights
     model = GPT(GPTConfig(**ckpt["model_args"]))
-    x, y, query, xm = meap_batch(Batches(cfg), 0)
+    x, y, query, xm = meap_batch(batches(**cfg), 0)
     with torch.no_grad():
-        masked_targets = meap(Batches(cfg), y, query, 0)
+        masked_targets = meap(batches(**cfg), y, query, 0)
         on_meap, clean, on_targets = (model(a, b)[1].item() for a, b in ((xm, y), (x, y), (xm, masked_targets)))
     logged = next(r["loss"] for r in rows if r["iter"] == 0 and "loss" in r)
     assert logged == pytest.approx(on_meap, abs=1e-5)
@@ -260,7 +271,7 @@ def test_every_micro_step_trains_on_its_own_batch(tmp_path, monkeypatch):
     code, _, err = run_inprocess("train.py", *TINY, "--mask_ratio", "0.3", "--max_iters", "3",
                                  "--gradient_accumulation_steps", "2", "--eval_interval", "3", "--out_dir", str(tmp_path))
     assert code == 0, err
-    b = Batches(torch.load(tmp_path / "ckpt.pt", weights_only=False)["config"])
+    b = batches(**torch.load(tmp_path / "ckpt.pt", weights_only=False)["config"])
     want = [meap_batch(b, it, micro) for it in range(3) for micro in range(2)]
     assert len(seen) == len(want)
     assert all(torch.equal(x, w[3]) and torch.equal(y, w[1]) for (x, y), w in zip(seen, want))

@@ -237,9 +237,13 @@ def test_verdicts_follow_the_interval_and_the_better_side():
     a = {s: {"acc": v} for s, v in zip((1, 2, 3), (0.9, 0.8, float("nan")))}
     b = {s: {"acc": 0.5} for s in (1, 2, 3)}
     col = [("acc", "accuracy", "{:.3f}", "higher")]
-    assert common.diff_cells(a, b, col, [1, 2]) == ["0.350 [-0.285, 0.985] no measurable difference"]
-    assert common.diff_cells(a, b, col, [1, 3]) == ["0.400 (one seed, no interval)"]  # a NaN is "never"
+    assert common.diff_cells(a, b, col, [1, 2]) == ["+0.350 [-0.285, 0.985] no measurable difference"]
+    assert common.diff_cells(a, b, col, [1, 3]) == ["+0.400 (one seed, no interval)"]  # a NaN is "never"
     assert common.diff_cells(a, b, col, [3]) == ["n/a"]
+    # a difference reads the same in every table: signed, its bounds as the column writes values
+    assert common.diff_cell([0.1, 0.2], [0.3, 0.3], "{:+.2f}") == "-0.15 [-0.79, 0.49] no measurable difference"
+    assert common.mean_cell([0.1, float("nan"), 0.3], "{:+.2f}") == "+0.20 ± 0.14 (1 never)"
+    assert common.header("row", ["a", "b"]) == "| row | a | b |\n|---|---|---|\n"
 
 
 def test_the_readme_summaries_are_what_the_data_give():

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from configurator import ConfigError, parse, pick_device
+from configurator import ConfigError, parse
+from runtime import pick_device
 from helpers import run_script
 
 DEFAULTS = {"mask_ratio": 0.15, "max_iters": 2000, "compile": False, "device": "auto", "mask_mode": "per_sequence"}
@@ -68,10 +69,10 @@ def test_a_config_file_that_does_not_run_is_one_line(tmp_path):
 def test_pick_device_resolves_auto_and_refuses_what_is_not_here():
     assert pick_device("cpu") == "cpu" and pick_device("auto") in ("cuda", "mps", "cpu")
     for name, message in [("tpu", "is not a device"), ("cuda:x", "is not a device"), ("meta", "runs on cpu, cuda or mps")]:
-        with pytest.raises(ConfigError, match=message):
+        with pytest.raises(ValueError, match=message):
             pick_device(name)
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="CUDA is not available here; use --device cpu"):
+        with pytest.raises(ValueError, match="CUDA is not available here; use --device cpu"):
             pick_device("cuda:1")
 
 

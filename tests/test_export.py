@@ -44,7 +44,7 @@ def save_run(folder, seed=0, meta=SYNTHETIC, mask_token_id=tasks.MASK_ID, **shap
 def test_transformers_gives_our_logits_and_our_greedy_continuation(tmp_path, shape):
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
     ours = save_run(tmp_path / "run", **shape)
-    assert ours.config.vocab_size == 192 and tasks.VOCAB_SIZE == 163  # a padded vocabulary
+    assert ours.config.padded_vocab_size == 192 and ours.config.vocab_size == tasks.VOCAB_SIZE == 163  # padded
     export.export(str(tmp_path / "run"), str(tmp_path / "hf"))
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert isinstance(hf, LlamaForCausalLM)

@@ -31,8 +31,25 @@ def test_import_tokenizer_loads_neither_the_model_nor_the_checkpoints_nor_torch(
 
 
 def test_the_leaf_and_core_modules_import_nothing_of_the_project():
-    for leaf in ("atomic_files.py", "random_streams.py", "model.py", "mask.py"):
+    for leaf in ("atomic_files.py", "random_streams.py", "runtime.py", "configurator.py", "model.py", "mask.py"):
         assert not imported(os.path.join(ROOT, leaf)) & PROJECT, leaf
+
+
+def test_configurator_parses_settings_and_nothing_else():
+    """No exits, devices or precision in it (runtime.py's), nor torch: its functions parse and check."""
+    import configurator
+    assert not imported(os.path.join(ROOT, "configurator.py")) & {"torch", "signal", "runtime"}
+    assert not {"die", "pick_device", "precision", "check_memory", "exit_on_ctrl_c"} & set(dir(configurator))
+
+
+def test_the_data_layer_raises_and_leaves_the_exit_to_the_scripts(tmp_path):
+    import pytest
+    import tokenizer
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match="is a file; give a folder"):
+        tokenizer.check_out_dir(str(tmp_path / "a_file"))
+    with pytest.raises(ValueError, match="cannot read --input"):
+        tokenizer.read_text(str(tmp_path / "missing.txt"))
 
 
 def test_no_data_prepare_script_imports_the_model_or_the_checkpoints():

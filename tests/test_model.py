@@ -1,7 +1,10 @@
+import dataclasses
+
 import pytest
 import torch
 
-from model import GPT, GPTConfig, KVCache, RMSNorm, apply_rope, gpu_peak_flops, rope_cache
+from model import GPT, GPTConfig, KVCache, RMSNorm, apply_rope, num_params_of, rope_cache
+from runtime import gpu_peak_flops, mfu
 
 
 def tiny(n_kv_head=4, block_size=32, seed=0):
@@ -148,7 +151,7 @@ def test_optimizer_decays_matrices_only_and_covers_every_parameter():
 
 def test_mfu_knows_the_gpu_and_says_nothing_on_cpu(monkeypatch):
     model = tiny()
-    assert gpu_peak_flops("cpu") is None and model.estimate_mfu(1e6, 32, "cpu") is None
+    assert gpu_peak_flops("cpu") is None and mfu(model.flops_per_token(32), 1e6, "cpu") is None
     names = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H200": 989e12,
              "NVIDIA A100-SXM4-40GB": 312e12, "NVIDIA L4": 121e12, "NVIDIA L40": 181e12, "NVIDIA L40S": 362e12,
              "Some Future GPU": None}
@@ -158,4 +161,13 @@ def test_mfu_knows_the_gpu_and_says_nothing_on_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
     tokens_per_sec = 1e5
     expected = model.flops_per_token(32) * tokens_per_sec / 312e12
-    assert model.estimate_mfu(tokens_per_sec, 32, "cuda:0") == pytest.approx(expected)
+    assert mfu(model.flops_per_token(32), tokens_per_sec, "cuda:0") == pytest.approx(expected)
+
+
+def test_config_keeps_the_vocabulary_as_given_and_its_padded_size_apart():
+    cfg = GPTConfig(block_size=8, vocab_size=163, n_layer=3, n_head=2, n_embd=32)
+    assert cfg.vocab_size == 163 and cfg.padded_vocab_size == 192
+    model = GPT(cfg)
+    assert model.tok_emb.weight.shape[0] == model.lm_head.weight.shape[0] == 192
+    assert GPTConfig(**dataclasses.asdict(cfg)) == cfg  # what a checkpoint saves builds it again
+    assert num_params_of(cfg) == model.num_params(False)  # counted without building it

@@ -295,13 +295,13 @@ def nan_weights(c):
 
 EXPORT = [  # (change to a tiny checkpoint, message)
     (lambda c: c["model_args"].update(n_layer=1), "its weights do not fit its model_args (1 layers, n_embd 32, "
-                                                  "vocab_size 192): 8 not in the model (blocks.1."),
+                                                  "vocab_size 163): 8 not in the model (blocks.1."),
     (nan_weights, "holds non-finite weights (a diverged run?)"),
     (drop("mask_token_id"), "lacks 'mask_token_id': not a whole train.py checkpoint"),
     (drop("meta"), "lacks 'meta': not a whole train.py checkpoint"),
     (lambda c: c["model"].pop("blocks.1.mlp.up_proj.weight"), "1 missing (blocks.1.mlp.up_proj.weight)"),
     (lambda c: c["model"].update({"norm.weight": torch.ones(7)}), "1 of another shape (norm.weight)"),
-    (lambda c: c.update(mask_token_id=500), "its [MASK] id 500 is not inside its vocabulary of 192 ids"),
+    (lambda c: c.update(mask_token_id=500), "its [MASK] id 500 is not inside its vocabulary of 163 ids"),
     (lambda c: c["model_args"].update(emb_common=-1.0), "do not describe a model this model.py builds"),
 ]
 
@@ -336,7 +336,8 @@ IMPORT = [  # (edits to an exported folder, message)
     (dict(max_position_embeddings=16), "config.json differs from the checkpoint it was exported from (block_size 16"),
     (dict(num_hidden_layers=1, nanomeap_model_args=DELETE, nanomeap_tokenizer=DELETE),  # from before they were kept
      "model.safetensors does not fit config.json's 1 layers (0 weights missing, 9 more"),
-    (dict(nanomeap_mask_token_id=99999), "its [MASK] id 99999 is not inside its vocabulary of 192 ids"),
+    (dict(nanomeap_mask_token_id=99999), "config.json differs from the checkpoint it was exported from (vocab_size 192 "
+                                         "(exported: 163))"),
     (dict(nanomeap_config=None), "config.json's nanomeap block lacks a valid config"),
     (dict(nanomeap_meta="bpe"), "config.json's nanomeap block lacks a valid meta"),
     (dict(max_position_embeddings=-5), "config.json describes no model that model.py builds (need positive sizes"),

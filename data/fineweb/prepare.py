@@ -24,11 +24,11 @@ from multiprocessing import Pool
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
+import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("the files written so far are whole; run it again to write them all", at_once=True)
+    runtime.exit_on_ctrl_c("the files written so far are whole; run it again to write them all", at_once=True)
 from atomic_files import write_atomically  # noqa: E402
-from configurator import die  # noqa: E402
+from runtime import die  # noqa: E402
 from tokenizer import get_tokenizer, write_meta  # noqa: E402
 
 EOT = 50256  # GPT-2's <|endoftext|>

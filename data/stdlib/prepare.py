@@ -38,10 +38,10 @@ import sysconfig
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import configurator  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
+import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
-    configurator.exit_on_ctrl_c("nothing was written", at_once=True)
-from configurator import die  # noqa: E402
+    runtime.exit_on_ctrl_c("nothing was written", at_once=True)
+from runtime import die  # noqa: E402
 from tokenizer import bpe_tokenizer, check_out_dir, train_bpe, write_dataset  # noqa: E402
 
 SKIP = ("site-packages", "test", "tests", "idlelib", "idle_test")  # folders left out: vendored code, test suites
@@ -103,8 +103,11 @@ def main(argv=None):
             add_repeats(np.zeros(0, dtype=np.int64), args.repeat, args.repeat_block, span, np.random.default_rng(0))
         except ValueError as e:
             die(f"{e}")
-    check_out_dir(args.out_dir)  # before the minute of work, too
-    configurator.exit_on_ctrl_c(f"{args.out_dir} is as it was", at_once=True)
+    try:
+        check_out_dir(args.out_dir)  # before the minute of work, too
+    except ValueError as e:
+        die(e)
+    runtime.exit_on_ctrl_c(f"{args.out_dir} is as it was", at_once=True)
     root = args.root or sysconfig.get_paths()["stdlib"]
     files = stdlib_files(root)
     docs = {"train": [], "val": []}
@@ -134,10 +137,13 @@ def main(argv=None):
                                             np.random.default_rng(0))
         print(f"train.bin: a copied span of {span[0]}-{span[1]} tokens in {changed:,} of its "
               f"{len(ids['train']) // args.repeat_block:,} stretches of {args.repeat_block}")
-    configurator.exit_on_ctrl_c(f"{args.out_dir} is as it was (its files are replaced together, at the end)")
-    write_dataset(args.out_dir, ids, tok, bpe_ranks=ranks, python=platform.python_version(),
-                  repeat=[args.repeat, args.repeat_block, *span] if args.repeat else None)
-    configurator.work_done()
+    runtime.exit_on_ctrl_c(f"{args.out_dir} is as it was (its files are replaced together, at the end)")
+    try:
+        write_dataset(args.out_dir, ids, tok, bpe_ranks=ranks, python=platform.python_version(),
+                      repeat=[args.repeat, args.repeat_block, *span] if args.repeat else None)
+    except OSError as e:
+        die(e)
+    runtime.work_done()
     print(f"train.bin {len(ids['train']):,} tokens, val.bin {len(ids['val']):,} tokens, meta.pkl -> {args.out_dir}")
 
 

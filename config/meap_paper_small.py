@@ -4,7 +4,7 @@
 # FineWeb-Edu and GPT-2 BPE, the nearest open equivalents here.
 # Compute, estimated (not yet measured): 0.86 GFLOP per training token x 2B tokens = 1.7e18 FLOP:
 # about 1.2 hours on one H100 at 40% MFU, 9 minutes on 8. Run it twice, --mask_ratio 0.15 and 0,
-# for the paper's NTP-vs-MEAP pair; then ask both the needle question (python experiments/niah.py).
+# for the paper's NTP-vs-MEAP pair; then ask both the needle question (python -m experiments.niah).
 # First: pip install datasets && python data/fineweb/prepare.py --tokens 2.1e9
 #   torchrun --standalone --nproc_per_node 8 train.py config/meap_paper_small.py
 out_dir = "out-meap-paper-small"

@@ -1,6 +1,6 @@
 # MEAP on tiny Shakespeare (GPT-2 BPE) on a laptop CPU.
 # Cost, measured on 2 CPU cores (fp32): ~0.6 s per step, 300 steps + evaluations: about 3.3 minutes.
-# First: python data/shakespeare/prepare.py   (then: python experiments/niah.py --out_dir out-shakespeare)
+# First: python data/shakespeare/prepare.py   (then: python -m experiments.niah --out_dir out-shakespeare)
 #   python train.py config/shakespeare_cpu.py                   # MEAP, mask_ratio 0.15
 #   python train.py config/shakespeare_cpu.py --mask_ratio 0 --out_dir out-shakespeare-ntp
 # A 4-layer, 128-wide model: most of its parameters are the 50,304-row embedding and output

@@ -19,8 +19,8 @@ spread over the rest (drop_masked()).
 Every function takes attention weights of shape (n_layer, B, n_head, T, T), as model.py's explicit
 path returns them (GPT.attention); causal rows see keys 0..i.
 
-    python experiments/attention.py --grid results/cpu   # the attention table over a compare.py grid's runs
-    python experiments/attention.py --report results/cpu   # rewrite attention.md from attention.json alone
+    python -m experiments.attention --grid results/cpu   # the attention table over a compare.py grid's runs
+    python -m experiments.attention --report results/cpu   # rewrite attention.md from attention.json alone
 """
 
 import argparse
@@ -29,7 +29,6 @@ import re
 import shlex
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
     runtime.exit_on_ctrl_c("nothing was written", at_once=True)
@@ -313,7 +312,7 @@ def report(grid):
     md += "\nControl: the same seeds' weights before training (step 0).\n\n" + \
         common.summary(control, ["untrained"], seeds, COLUMNS, names={"untrained": "untrained"})
     common.write_text(os.path.join(grid, "attention.md"), f"`{data['command']}`\n\nPer-run data: "
-                       f"[attention.json](attention.json), from which `python experiments/attention.py --report DIR` "
+                       f"[attention.json](attention.json), from which `python -m experiments.attention --report DIR` "
                        f"rewrites this file.\n\n{md}")
     return md
 
@@ -326,12 +325,12 @@ def main(argv=None):
                     help="ratio of the masked copy for the paired metrics; at most 0.5 (masked and unmasked keys)")
     ap.add_argument("--report", default=None, metavar="DIR", help="only rewrite DIR/attention.md from DIR/attention.json")
     ap.add_argument("--overwrite", action="store_true", help="replace the grid's attention.json (refused otherwise)")
-    ap.error = lambda msg: die(f"{msg} (python experiments/attention.py --help lists the options)")
+    ap.error = lambda msg: die(f"{msg} (python -m experiments.attention --help lists the options)")
     args = ap.parse_args(argv)
     if args.report:
         if not os.path.exists(os.path.join(args.report, "attention.json")):
             die(f"{args.report} has no attention.json; "
-                         f"run python experiments/attention.py --grid {shlex.quote(args.report)}")
+                         f"run python -m experiments.attention --grid {shlex.quote(args.report)}")
         print(common.report_or_die(report, args.report))
         return
     if args.examples < 1 or not 0 < args.mask_ratio <= 0.5:  # the paired metrics need masked and unmasked keys
@@ -347,7 +346,7 @@ def main(argv=None):
             found[(float(m.group(1)), int(m.group(2)))] = os.path.join(runs, name)
     if not found:
         die(f"no checkpoints in {runs}; "
-                         f"train a grid first: python experiments/compare.py --out {shlex.quote(args.grid)}")
+                         f"train a grid first: python -m experiments.compare --out {shlex.quote(args.grid)}")
     try:
         atomic_files.check_writable(args.grid)  # attention.json goes there: check before the work
     except OSError as e:
@@ -370,7 +369,7 @@ def main(argv=None):
         model_config, cfg = configs[s]
         torch.manual_seed(s)
         control[("untrained", s)] = probe(GPT(model_config), cfg, args.examples, mask_ratio=args.mask_ratio)
-    cmd = " ".join(["python experiments/attention.py"] + (argv if argv is not None else sys.argv[1:]))
+    cmd = " ".join(["python -m experiments.attention"] + (argv if argv is not None else sys.argv[1:]))
     common.write_json(os.path.join(args.grid, "attention.json"), {
         "command": cmd, "runs": [{"mask_ratio": r, "seed": s, **res} for (r, s), res in sorted(results.items())],
         "untrained": [{"seed": s, **res} for (_, s), res in sorted(control.items())]})

@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: train.py, model.py, ...
-sys.path.insert(0, ROOT)
 
 import atomic_files  # noqa: E402
 import batches  # noqa: E402
@@ -72,6 +71,12 @@ def steps_to(metrics, target=0.9, key="acc"):
 def read_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+def evals_of(run_dir):
+    """The evaluation rows (those with a val_loss) of the train.py log in run_dir, metrics.jsonl."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [row for row in map(json.loads, f) if "val_loss" in row]
 
 
 def write_text(path, text):

@@ -2,12 +2,12 @@
 NTP vs MEAP, measured: train the same model over a grid of mask ratios and seeds, evaluate every
 checkpoint on clean held-out retrieval settings, and write a results table and plots.
 
-    python experiments/compare.py --preset cpu                  # the README's Results (about 21 min on 2 CPU cores)
-    python experiments/compare.py --preset gpu                  # bigger model, longer contexts, one GPU
-    python experiments/compare.py --preset cpu --set n_layer=4  # any train.py setting, for every run
-    python experiments/compare.py --preset cpu --ratios 0,0.15 --seeds 4,5   # more seeds in the same grid
-    python experiments/compare.py --preset cpu --set mask_mode=shared --against results/cpu --out results/cpu-shared
-    python experiments/compare.py --report results/cpu          # rewrite results.md and results.png from runs.json
+    python -m experiments.compare --preset cpu                  # the README's Results (about 21 min on 2 CPU cores)
+    python -m experiments.compare --preset gpu                  # bigger model, longer contexts, one GPU
+    python -m experiments.compare --preset cpu --set n_layer=4  # any train.py setting, for every run
+    python -m experiments.compare --preset cpu --ratios 0,0.15 --seeds 4,5   # more seeds in the same grid
+    python -m experiments.compare --preset cpu --set mask_mode=shared --against results/cpu --out results/cpu-shared
+    python -m experiments.compare --report results/cpu          # rewrite results.md and results.png from runs.json
 
 Every run of a grid differs from the NTP run of its seed only in mask_ratio: same weights at
 init, same data order, same steps (train.py seeds all of them from --seed). A run lives in
@@ -30,12 +30,10 @@ What each checkpoint is asked (all on clean inputs, from a seed no training stre
 """
 
 import argparse
-import json
 import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
     runtime.exit_on_ctrl_c("nothing was written", at_once=True)
@@ -46,9 +44,9 @@ import torch  # noqa: E402
 from runtime import die  # noqa: E402
 import tasks  # noqa: E402
 from random_streams import VAL_SEED  # noqa: E402
-from experiments.common import (apply_set, claim_out, diff_cells, grid_runs, header, interrupted, load_model,  # noqa: E402
+from experiments.common import (apply_set, claim_out, diff_cells, evals_of, grid_runs, header, interrupted, load_model,  # noqa: E402
                                 load_runs, mean_sd, parse_list, read_json, record_runs, report_or_die, run_name,
-                                save_png, seeds_of, steps_to, summary, train, VERDICTS, write_json, write_text)
+                                save_png, seeds_of, steps_to, summary, train, write_json, write_text, VERDICTS)
 
 # train.py's defaults for how MEAP masks and how the model starts, written into every preset so that
 # each grid's grid.json records them (the paper's uniform [MASK]; --set changes them per grid)
@@ -132,9 +130,7 @@ def do_run(run_dir, ratio, seed, settings, threads, examples):
         else "cpu"
     model, cfg, _ = load_model(run_dir, device)
     res = suite(model, cfg, examples, device=device)
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        metrics = [json.loads(line) for line in f]
-    evals = [m for m in metrics if "val_loss" in m]
+    evals = evals_of(run_dir)
     res["val_loss"] = evals[-1]["val_loss"]
     res["steps_to_90"] = steps_to(evals, 0.9)
     res["curve"] = [[m["iter"], m.get("acc", float("nan"))] for m in evals]
@@ -285,7 +281,7 @@ def report(out):
                             f"differ here: {differ})")
     commands = "\n".join(f"`{c}`" for c in data["commands"])
     write_text(os.path.join(out, "results.md"), f"{commands}\n\nPer-run data: [runs.json](runs.json), from which "
-               f"`python experiments/compare.py --report DIR` rewrites this file and results.png.\n\n{md}")
+               f"`python -m experiments.compare --report DIR` rewrites this file and results.png.\n\n{md}")
     cfg = {k: int(grid["settings"][k]) for k in ("block_size", "n_pairs", "n_needles")}  # what the plots need
     plots(results, ratios, seeds, cfg, os.path.join(out, "results.png"))
     return md
@@ -316,7 +312,7 @@ def main(argv=None):
                     help="train again, and replace in runs.json, runs it records whose folders are gone")
     ap.add_argument("--report", default=None, metavar="DIR",
                     help="only rewrite DIR/results.md and results.png from DIR/runs.json (no training)")
-    ap.error = lambda msg: die(f"{msg} (python experiments/compare.py --help lists the options)")
+    ap.error = lambda msg: die(f"{msg} (python -m experiments.compare --help lists the options)")
     args = ap.parse_args(argv)
     if args.report:
         for name in ("grid.json", "runs.json"):
@@ -358,7 +354,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         interrupted(out)
     runtime.exit_on_ctrl_c(f"the finished runs are kept in {out}; the same command writes the report")
-    cmd = " ".join(["python experiments/compare.py"] + (argv if argv is not None else sys.argv[1:]))
+    cmd = " ".join(["python -m experiments.compare"] + (argv if argv is not None else sys.argv[1:]))
     record_runs(out, results, cmd, against=os.path.relpath(args.against, out) if args.against else None)
     print(report(out))
     runtime.work_done()

@@ -3,9 +3,9 @@ NTP-SFT vs MEAP-SFT, measured (paper §3.2): pre-train one NTP base, fine-tune i
 multi-document QA with each objective and several seeds, and report exact-match accuracy by the
 position of the gold document (the lost-in-the-middle curve) with a table and a plot.
 
-    python experiments/compare_sft.py              # results/sft-cpu: a base and 12 runs (see results/README.md)
-    python experiments/compare_sft.py --arms ntp,concat --seeds 1,2 --out results/sft-try
-    python experiments/compare_sft.py --set max_iters=1600   # any train.py setting, for every fine-tuning run
+    python -m experiments.compare_sft              # results/sft-cpu: a base and 12 runs (see results/README.md)
+    python -m experiments.compare_sft --arms ntp,concat --seeds 1,2 --out results/sft-try
+    python -m experiments.compare_sft --set max_iters=1600   # any train.py setting, for every fine-tuning run
 
 The arms (train.py --sft and --mask_ratio), all from the same base, at equal tokens per step:
 - ntp: NTP-SFT, the loss on the answer tokens.
@@ -24,13 +24,11 @@ Runs live in OUT/base and OUT/runs/<arm>_s<seed>; an interrupted comparison resu
 """
 
 import argparse
-import json
 import os
 import runpy
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
     runtime.exit_on_ctrl_c("nothing was written", at_once=True)
@@ -41,10 +39,9 @@ import torch  # noqa: E402
 from runtime import die  # noqa: E402
 import tasks  # noqa: E402
 from random_streams import VAL_SEED  # noqa: E402
-from experiments.common import (ROOT, apply_set, claim_out, diff_cells, in_parallel, interrupted,  # noqa: E402
-                                load_model, load_runs, mean_sd, paired_ci, parse_list, read_json, record_runs,
-                                report_or_die, save_png, steps_to, summary, train, verdict, VERDICTS, write_json,
-                                write_text)
+from experiments.common import (apply_set, claim_out, diff_cells, evals_of, in_parallel, interrupted, load_model,  # noqa: E402
+                                load_runs, mean_sd, paired_ci, parse_list, read_json, record_runs, report_or_die, ROOT,
+                                save_png, steps_to, summary, train, verdict, write_json, write_text, VERDICTS)
 from experiments.compare import MEAP_DEFAULTS  # noqa: E402
 
 QA_TEST = 9  # with random_streams.VAL_SEED: the random stream of the held-out questions
@@ -91,8 +88,7 @@ def score(run_dir, sft_settings, examples):
     model, _, _ = load_model(run_dir)
     res = tasks.evaluate_qa(model, int(sft_settings["qa_tokens"]) - 1, int(sft_settings["n_docs"]),
                             int(sft_settings["answer_len"]), examples, seed=[VAL_SEED, QA_TEST])
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        evals = [row for row in map(json.loads, f) if "acc_qa" in row]
+    evals = [row for row in evals_of(run_dir) if "acc_qa" in row]
     res["curve"] = [[row["iter"], row["acc_qa"]] for row in evals]
     res["steps_to_50"] = steps_to(evals, 0.5, "acc_qa")
     write_json(os.path.join(run_dir, "sft.json"), res)
@@ -219,7 +215,7 @@ def report(out):
                 f"20-document QA, Llama-3-8B)")
     commands = "\n".join(f"`{c}`" for c in data["commands"])
     write_text(os.path.join(out, "results.md"), f"{commands}\n\nPer-run data: [runs.json](runs.json), from which "
-               f"`python experiments/compare_sft.py --report DIR` rewrites this file and results.png.\n\n{md}")
+               f"`python -m experiments.compare_sft --report DIR` rewrites this file and results.png.\n\n{md}")
     save_png(figure(results, arms, seeds, n_docs, int(grid["sft"]["batch_size"])), os.path.join(out, "results.png"))
     return md, line
 
@@ -239,7 +235,7 @@ def main(argv=None):
                     help="train again, and replace in runs.json, runs it records whose folders are gone")
     ap.add_argument("--report", default=None, metavar="DIR",
                     help="only rewrite DIR/results.md and results.png from DIR/runs.json (no training)")
-    ap.error = lambda msg: die(f"{msg} (python experiments/compare_sft.py --help lists the options)")
+    ap.error = lambda msg: die(f"{msg} (python -m experiments.compare_sft --help lists the options)")
     args = ap.parse_args(argv)
     if args.report:
         for name in ("grid.json", "runs.json"):
@@ -282,7 +278,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         interrupted(out)
     runtime.exit_on_ctrl_c(f"the finished runs are kept in {out}; the same command writes the report")
-    cmd = " ".join(["python experiments/compare_sft.py"] + (argv if argv is not None else sys.argv[1:]))
+    cmd = " ".join(["python -m experiments.compare_sft"] + (argv if argv is not None else sys.argv[1:]))
     record_runs(out, results, cmd, key="arm")
     md, line = report(out)
     print(md + line)

@@ -4,8 +4,8 @@ the reports, written from the folders' per-run data (runs.json, attention.json) 
 summary can say more than its intervals: every difference comes with the verdict the interval
 gives it (common.verdict), and nothing is re-typed.
 
-    python experiments/digest.py            # rewrite the tables in README.md and results/README.md
-    python experiments/digest.py --check    # exit 1 if they are not what the data give
+    python -m experiments.digest            # rewrite the tables in README.md and results/README.md
+    python -m experiments.digest --check    # exit 1 if they are not what the data give
 
 The tables sit between `<!-- digest: NAME -->` and `<!-- end digest -->`; everything else in those
 files is prose, which may explain a verdict but never upgrade it. A test checks that the tables
@@ -16,8 +16,6 @@ import argparse
 import functools
 import os
 import re
-import sys
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
     runtime.exit_on_ctrl_c("nothing was written", at_once=True)
@@ -371,7 +369,7 @@ def digest(check):
             if not check:
                 common.write_text(path, new)
     if check and stale:
-        die(f"the tables of {' and '.join(stale)} are stale; run python experiments/digest.py")
+        die(f"the tables of {' and '.join(stale)} are stale; run python -m experiments.digest")
     print(("rewrote the tables of " + " and ".join(stale)) if stale and not check else
           "the tables of " + " and ".join(FILES) + " are up to date")
 
@@ -379,7 +377,7 @@ def digest(check):
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Rewrite results/README.md's summary tables from the per-run data.")
     ap.add_argument("--check", action="store_true", help="only check that they are up to date (exit 1 if not)")
-    ap.error = lambda msg: die(f"{msg} (python experiments/digest.py --help lists the options)")
+    ap.error = lambda msg: die(f"{msg} (python -m experiments.digest --help lists the options)")
     args = ap.parse_args(argv)
     try:
         digest(args.check)

@@ -6,8 +6,8 @@ at a chosen depth, the question comes at the end, and the model's greedy answer 
     ... haystack ... The special magic number is 48213. ... haystack ...
     What is the special magic number? The special magic number is  -> " 48213"
 
-    python experiments/niah.py --out_dir out-shakespeare                   # the default grid for that checkpoint
-    python experiments/niah.py --out_dir out-shakespeare --lengths 64,120 --depths 0,0.5,1 --trials 50
+    python -m experiments.niah --out_dir out-shakespeare                   # the default grid for that checkpoint
+    python -m experiments.niah --out_dir out-shakespeare --lengths 64,120 --depths 0,0.5,1 --trials 50
 
 The haystack is the dataset's val.bin (text the model never trained on), from a random offset per
 trial. Depth d puts the needle after round(d * H) of the H haystack tokens (0 = the start, 1 =
@@ -20,9 +20,7 @@ import argparse
 import os
 import re
 import shlex
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
     runtime.exit_on_ctrl_c("nothing was written", at_once=True)
@@ -108,7 +106,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="seeds the numbers and the haystack offsets")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     ap.add_argument("--overwrite", action="store_true", help="replace the niah.json of an earlier run of this script")
-    ap.error = lambda msg: die(f"{msg} (python experiments/niah.py --help lists the options)")
+    ap.error = lambda msg: die(f"{msg} (python -m experiments.niah --help lists the options)")
     args = ap.parse_args(argv)
 
     keep_result(os.path.join(args.out_dir, "niah.json"), args.overwrite)
@@ -127,7 +125,7 @@ def main(argv=None):
     meta = ckpt["meta"]
     if meta.get("kind") == "synthetic":
         die(f"{path} was trained on the synthetic tasks, which have their own needle "
-                         f"(python experiments/compare.py); niah.py needs a checkpoint trained on a text --dataset")
+                         f"(python -m experiments.compare); niah.py needs a checkpoint trained on a text --dataset")
     data_dir = os.path.join("data", cfg["dataset"])  # as train.py reads it (an absolute path works too)
     val = os.path.join(data_dir, "val.bin")
     if not os.path.exists(val):

@@ -9,31 +9,26 @@ which way it moved, not just whether it crossed a line.
     python data/stdlib/prepare.py                                # once each: the corpus, and two
     python data/stdlib/prepare.py --repeat 1 --out_dir data/stdlib_dense      # copies with copied spans
     python data/stdlib/prepare.py --repeat 0.5 --repeat_block 128 --repeat_span 16,48 --out_dir data/stdlib_repeat
-    python experiments/pilots.py                         # every pilot not yet run, two at a time
-    python experiments/pilots.py --only common,plain     # some of them
-    python experiments/pilots.py --report results/copying-pilots   # rewrite the map from its data
+    python -m experiments.pilots                         # every pilot not yet run, two at a time
+    python -m experiments.pilots --only common,plain     # some of them
+    python -m experiments.pilots --report results/copying-pilots   # rewrite the map from its data
 
 A pilot's per-stage data goes to OUT/NAME.json as soon as the stage is probed (a rerun continues
 where it stopped); results.md is a pure function of those files. Checkpoints stay in OUT/runs/.
 """
 
 import argparse
-import json
 import os
-import sys
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
     runtime.exit_on_ctrl_c("nothing was written", at_once=True)
 
 from runtime import die  # noqa: E402
-from random_streams import VAL_SEED  # noqa: E402
 from experiments import probes  # noqa: E402
-from experiments.common import (claim_out, in_parallel, interrupted, parse_list, prepare_command,  # noqa: E402
-                                read_json, read_json_or_die, train, write_json, write_text)
+from experiments.probes import SEED, SPAN, gaps_of  # noqa: E402
+from experiments.common import (claim_out, evals_of, in_parallel, interrupted, parse_list, prepare_command,  # noqa: E402
+                                read_json_or_die, train, write_json, write_text)
 
-SEED = [VAL_SEED, probes.TEXT_PROBES]  # the probes' held-out draws, as text.py's
-SPAN = 16  # tokens of the repeated span
 EXAMPLES = 100  # probe sequences per kind and gap
 # the model and optimisation every pilot shares: text.py's 2 x 128 model on 128-token rows of 8
 BASE = dict(block_size=128, batch_size=8, n_layer=2, n_head=4, n_kv_head=4, n_embd=128, learning_rate=1e-3,
@@ -56,10 +51,6 @@ PILOTS = {  # name: (what it tests, train.py settings over BASE)
 PASS = 0.5  # copying has formed when the 2nd copy of a random span reaches this, the 1st at chance
 
 
-def gaps_of(T):
-    return [g for g in (16, 64, 128, 256) if probes.LEAD + 2 * SPAN + g <= T]
-
-
 def probe_stage(run_dir, S, device="cpu"):
     """The probes of run_dir's checkpoint at step S: copying by kind and gap, the previous-token
     share per layer, and the clean val loss train.py logged at S."""
@@ -67,8 +58,7 @@ def probe_stage(run_dir, S, device="cpu"):
     if ckpt["iter_num"] != S:
         raise RuntimeError(f"{run_dir} holds step {ckpt['iter_num']}, not {S}; delete it to train the pilot again")
     T = ckpt["model_args"]["block_size"]
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        val = [m["val_loss"] for m in map(json.loads, f) if m.get("iter") == S and "val_loss" in m]
+    val = [m["val_loss"] for m in evals_of(run_dir) if m["iter"] == S]
     copying = {kind: {str(g): r for g, r in probes.copying(model, hay, SPAN, gaps_of(T), kind, EXAMPLES, SEED).items()}
                for kind in probes.KINDS}
     return {"step": S, "tokens": S * ckpt["config"]["batch_size"] * T, "val_loss": val[-1],
@@ -128,7 +118,7 @@ def report(out):
         summary.append(f"| {p['pilot']} | {st['step']:,} | {st['val_loss']:.4f} | {st['previous_token'][0]:.2f} | "
                        + " | ".join(f"{r['acc_second']:.3f} ({r['acc_first']:.3f})" for r in c) + " |\n")
     settings = ", ".join(f"{k}={v}" for k, v in pilots[0]["settings"].items() if k in BASE and k != "device")
-    md = (f"`python experiments/pilots.py`, then `python experiments/pilots.py --report DIR` (this file, from the "
+    md = (f"`python -m experiments.pilots`, then `python -m experiments.pilots --report DIR` (this file, from the "
           f"pilots' NAME.json alone). One NTP run per pilot (seed {BASE['seed']}): {settings}; the differences "
           f"are named below. Copying: greedy accuracy on the 1st and the 2nd occurrence of a {SPAN}-token span, "
           f"{EXAMPLES} held-out probes per cell (probes.py).\n\n"
@@ -166,7 +156,7 @@ def main(argv=None):
     ap.add_argument("--stages", default=None, help=f"comma-separated steps to probe at (default {STAGES})")
     ap.add_argument("--jobs", type=int, default=2, help="pilots at a time, one CPU thread each")
     ap.add_argument("--report", default=None, metavar="DIR", help="only rewrite DIR/results.md from DIR's pilot data")
-    ap.error = lambda msg: die(f"{msg} (python experiments/pilots.py --help lists the options)")
+    ap.error = lambda msg: die(f"{msg} (python -m experiments.pilots --help lists the options)")
     args = ap.parse_args(argv)
     if args.report:
         try:

@@ -16,7 +16,7 @@ ever being trained on the probe? Two probes, both on held-out text (the dataset'
   corpus (BPE), or 5 random lowercase letters (bytes), so that the needle is ordinary text.
   needle_prompt() builds the prompts; niah.py uses it for the paper's magic-number needle.
 
-    python experiments/probes.py --out_dir out-shakespeare-byte       # both probes, printed, probes.json
+    python -m experiments.probes --out_dir out-shakespeare-byte       # both probes, printed, probes.json
 
 Chance on "random" copying is about 1 / (the number of distinct tokens in the text).
 """
@@ -24,9 +24,7 @@ Chance on "random" copying is about 1 / (the number of distinct tokens in the te
 import argparse
 import os
 import re
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
     runtime.exit_on_ctrl_c("nothing was written", at_once=True)
@@ -38,14 +36,21 @@ import torch.nn.functional as F  # noqa: E402
 from runtime import die  # noqa: E402
 import atomic_files  # noqa: E402
 import checkpoint  # noqa: E402
-from random_streams import torch_generator  # noqa: E402
+from random_streams import VAL_SEED, torch_generator  # noqa: E402
 from experiments.common import keep_result, write_json  # noqa: E402
 from tokenizer import check_same, for_meta  # noqa: E402
 
 TEXT_PROBES = 13  # with random_streams.VAL_SEED: the random stream of text.py's and pilots.py's probes
+SEED = [VAL_SEED, TEXT_PROBES]  # their held-out draws
+SPAN = 16  # tokens of their copied span
 LEAD = 8  # held-out tokens before the first copy: the span never starts at position 0
 PASSWORD = " the password is"
 KINDS = ("random", "frequent", "text")  # the copying probe's spans
+
+
+def gaps_of(T, span=SPAN, gaps=(16, 64, 128, 256)):
+    """The copying probe's gaps that fit a block of T tokens with spans of `span` tokens."""
+    return [g for g in gaps if LEAD + 2 * span + g <= T]
 
 
 def text_vocab(haystack, limit=1_000_000):
@@ -227,7 +232,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     ap.add_argument("--overwrite", action="store_true", help="replace the probes.json of an earlier run of this script")
-    ap.error = lambda msg: die(f"{msg} (python experiments/probes.py --help lists the options)")
+    ap.error = lambda msg: die(f"{msg} (python -m experiments.probes --help lists the options)")
     args = ap.parse_args(argv)
     try:
         keep_result(os.path.join(args.out_dir, "probes.json"), args.overwrite)
@@ -236,7 +241,7 @@ def main(argv=None):
         atomic_files.check_writable(args.out_dir)
         depths = [float(d) for d in args.depths.split(",")]
         T = ckpt["model_args"]["block_size"]
-        gaps = [g for g in (16, 64, 128, 256, 512) if LEAD + 2 * args.span + g <= T]
+        gaps = gaps_of(T, args.span, (16, 64, 128, 256, 512))
         lengths = passkey_lengths(tok, T)
         if not gaps or args.span < 2 or args.examples < 1 or not all(0 <= d <= 1 for d in depths):
             raise ValueError(f"need --span >= 2 with {LEAD} + 2 x span + 16 <= block_size {T}, --examples >= 1 "

@@ -3,11 +3,11 @@ NTP vs MEAP on natural text, the paper's actual setting: models pre-trained on o
 retrieval task in the data), then probed zero-shot for the use of their context (probes.py).
 
     python data/shakespeare_byte/prepare.py               # once: tiny Shakespeare, one token per byte
-    python experiments/text.py --preset cpu               # the CPU grid (see PRESETS for its cost)
+    python -m experiments.text --preset cpu               # the CPU grid (see PRESETS for its cost)
     python data/stdlib/prepare.py --repeat 1 --out_dir data/stdlib_dense
-    python experiments/text.py --preset stdlib            # the CPU regime in which copying forms
-    python experiments/text.py --preset gpu               # a larger model and more tokens, one GPU
-    python experiments/text.py --report results/text-cpu  # rewrite the report from runs.json alone
+    python -m experiments.text --preset stdlib            # the CPU regime in which copying forms
+    python -m experiments.text --preset gpu               # a larger model and more tokens, one GPU
+    python -m experiments.text --report results/text-cpu  # rewrite the report from runs.json alone
 
 Every run of a grid differs from the NTP run of its seed only in mask_ratio (same weights at init,
 same data order, same steps). A run trains in stages (train.py --max_iters S, then resumed to the
@@ -21,12 +21,10 @@ grid.json alone. Checkpoints are not committed.
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
     runtime.exit_on_ctrl_c("nothing was written", at_once=True)
@@ -35,15 +33,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from runtime import die  # noqa: E402
-from random_streams import VAL_SEED  # noqa: E402
 from experiments import probes  # noqa: E402
-from experiments.common import (apply_set, claim_out, grid_runs, header, interrupted, load_runs, mean_sd, run_name,  # noqa: E402
-                                parse_list, prepare_command, read_json, record_runs, report_or_die, save_png,
-                                seeds_of, summary, train, VERDICTS, within, write_json, write_text)
+from experiments.probes import SEED, SPAN, gaps_of  # noqa: E402
+from experiments.common import (apply_set, claim_out, evals_of, grid_runs, header, interrupted, load_runs, mean_sd,  # noqa: E402
+                                parse_list, prepare_command, read_json, record_runs, report_or_die, run_name, save_png,
+                                seeds_of, summary, train, within, write_json, write_text, VERDICTS)
 from experiments.compare import MEAP_DEFAULTS  # noqa: E402
 from model import GPT  # noqa: E402
 
-SEED = [VAL_SEED, probes.TEXT_PROBES]  # the probes' held-out draws
 PRESETS = {
     # 2 cores: 12 runs, two at a time
     "cpu": dict(train=dict(dataset="shakespeare_byte", block_size=256, batch_size=16, n_layer=2, n_head=4,
@@ -82,13 +79,7 @@ PRESETS = {
                  stages=(3, 6), ratios=(0.0, 0.15), seeds=(1, 2), jobs=1, threads=1, examples=4),
 }
 PRESETS["tiny-long"] = dict(PRESETS["tiny"], beyond=True)  # the tests' twin of stdlib-long
-SPAN = 16  # tokens of the repeated span
 LONG_SPANS = (32, 48)  # longer than any span the augmentation copies in training (data/stdlib: 8-24 tokens)
-
-
-def gaps_of(T):
-    """The copying probe's gaps that fit a block of T tokens."""
-    return [g for g in (16, 64, 128, 256) if probes.LEAD + 2 * SPAN + g <= T]
 
 
 def stretched(model, T):
@@ -138,8 +129,7 @@ def do_run(run_dir, ratio, seed, settings, stages, threads, examples, extra=Fals
     model, tok, hay, ckpt = probes.load(run_dir, device)
     att = probes.attention_on_text(model, hay, ckpt["mask_token_id"], examples, seed=SEED)
     pk = probes.passkey(model, tok, hay, probes.passkey_lengths(tok, T), [0.0, 0.5, 1.0], examples, SEED, device)
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        evals = [m for m in map(json.loads, f) if "val_loss" in m]
+    evals = evals_of(run_dir)
     gap = str(max(gaps_of(T)))
     final = curve[-1][1]
     res = {"val_loss": evals[-1]["val_loss"],
@@ -290,7 +280,7 @@ def report(out):
     settings = ", ".join(f"{k}={v}" for k, v in grid["settings"].items() if k in (
         "dataset", "n_layer", "n_embd", "block_size", "batch_size", "learning_rate"))
     write_text(os.path.join(out, "results.md"), f"{commands}\n\n{settings}, stages {grid['stages']}. Per-run data: "
-               f"[runs.json](runs.json), from which `python experiments/text.py --report DIR` rewrites this file "
+               f"[runs.json](runs.json), from which `python -m experiments.text --report DIR` rewrites this file "
                f"and results.png. The copying columns are at gap {gaps[-1]} (the longest that fits) unless they name "
                f"one.\n\n{md}{''.join(lines)}")
     save_png(figure(results, ratios, seeds), os.path.join(out, "results.png"))
@@ -314,7 +304,7 @@ def main(argv=None):
     ap.add_argument("--overwrite", action="store_true",
                     help="train again, and replace in runs.json, runs it records whose folders are gone")
     ap.add_argument("--report", default=None, metavar="DIR", help="only rewrite DIR's report from DIR/runs.json")
-    ap.error = lambda msg: die(f"{msg} (python experiments/text.py --help lists the options)")
+    ap.error = lambda msg: die(f"{msg} (python -m experiments.text --help lists the options)")
     args = ap.parse_args(argv)
     if args.report:
         for name in ("grid.json", "runs.json"):
@@ -356,7 +346,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         interrupted(out)
     runtime.exit_on_ctrl_c(f"the finished runs are kept in {out}; the same command writes the report")
-    record_runs(out, results, " ".join(["python experiments/text.py"] + (argv if argv is not None else sys.argv[1:])))
+    record_runs(out, results, " ".join(["python -m experiments.text"] + (argv if argv is not None else sys.argv[1:])))
     print(report(out))
     runtime.work_done()
     print(f"wrote {out}/runs.json, {out}/results.md and {out}/results.png | {(time.time() - t0) / 60:.1f} min")

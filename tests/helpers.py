@@ -9,6 +9,7 @@ import runpy
 import signal
 import subprocess
 import sys
+import warnings
 
 import torch
 
@@ -23,10 +24,18 @@ TINY = ["--n_layer", "1", "--n_head", "2", "--n_kv_head", "2", "--n_embd", "32",
         "--eval_examples", "10", "--log_interval", "1", "--device", "cpu"]
 
 
-def run_script(*args, check=True, timeout=300):
-    """Run `python <args>` from the repository root; return the CompletedProcess."""
+def as_command(script):
+    """The arguments that run a script as its docstring says: an experiment as a module
+    (experiments/NAME.py: -m experiments.NAME), any other file by its path."""
+    name = script[:-3].replace("/", ".") if script.startswith("experiments/") and script.endswith(".py") else None
+    return ["-m", name] if name else [script]
+
+
+def run_script(script, *args, check=True, timeout=300):
+    """Run `python <script> <args>` from the repository root (as_command); return the CompletedProcess."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+    args = (script, *args)
+    p = subprocess.run([sys.executable, *as_command(script), *args[1:]], cwd=ROOT, capture_output=True, text=True,
                        timeout=timeout, env=env)
     if check and p.returncode != 0:
         raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
@@ -56,7 +65,13 @@ def run_inprocess(script, *args):
         sys.argv = [script, *args]
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+                how = as_command(script)
+                if how[0] == "-m":
+                    with warnings.catch_warnings():  # the module is imported already (by a test): run it again
+                        warnings.filterwarnings("ignore", "'experiments.", RuntimeWarning)
+                        runpy.run_module(how[1], run_name="__main__", alter_sys=True)
+                else:
+                    runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
             except SystemExit as e:  # as Python does at exit: a message goes to stderr with code 1
                 code = e.code if isinstance(e.code, int) or e.code is None else print(e.code, file=sys.stderr) or 1
     finally:

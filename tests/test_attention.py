@@ -139,5 +139,5 @@ def test_cli_reports_a_grid_and_errors_in_one_line(tiny_grid, tmp_path):
     out = str(shutil.copytree(tiny_grid[0], tmp_path / "grid"))  # the tiny grid, seeds 1 and 2
     p = run_script("experiments/attention.py", "--grid", out, "--examples", "8")
     md = open(os.path.join(out, "attention.md")).read()
-    assert md.startswith(f"`python experiments/attention.py --grid {out} --examples 8`")
+    assert md.startswith(f"`python -m experiments.attention --grid {out} --examples 8`")
     assert "| 0.00 (NTP) |" in md and "| 0.15 |" in md and "| untrained |" in md and "MEAP - NTP" in md

@@ -83,7 +83,7 @@ def test_grid_runs_resumes_and_reports(tiny_grid, tmp_path):
 
     # the per-run data: every run's numbers, and the report is a pure function of them
     data = json.load(open(os.path.join(out, "runs.json")))
-    assert data["commands"] == [f"python experiments/compare.py --preset tiny --out {out}"]
+    assert data["commands"] == [f"python -m experiments.compare --preset tiny --out {out}"]
     assert sorted((r["mask_ratio"], r["seed"]) for r in data["runs"]) == [(0.0, 1), (0.0, 2), (0.15, 1), (0.15, 2)]
     assert all({"needle", "mqar_2x", "kv_p3", "val_loss", "steps_to_90", "evals"} <= set(r) for r in data["runs"])
     alone = tmp_path / "alone"  # no checkpoints, no suite.json: the settings and runs.json alone
@@ -111,7 +111,7 @@ def test_against_pairs_two_grids_and_copies_identical_ntp_runs(tmp_path):
     run_script("experiments/compare.py", "--preset", "tiny", "--out", a, "--seeds", "2", "--ratios", "0.15")
     md = open(os.path.join(a, "results.md")).read()
     assert "| 0.00 (NTP) (1 seeds) |" in md and "| 0.15 (2 seeds) |" in md
-    assert md.startswith(f"`python experiments/compare.py --preset tiny --out {a} --seeds 1`\n`python experiments/compare.py")
+    assert md.startswith(f"`python -m experiments.compare --preset tiny --out {a} --seeds 1`\n`python -m experiments.compare")
     # a grid with other model settings trains its own NTP runs
     p = run_script("experiments/compare.py", "--preset", "tiny", "--out", str(tmp_path / "c"), "--seeds", "1", "--ratios", "0",
                    "--set", "n_embd=16", "--against", a)
@@ -255,7 +255,7 @@ def test_the_readme_summaries_are_what_the_data_give():
         md = open(os.path.join(ROOT, name)).read()
         found += [m.group(2) for m in digest.BLOCK.finditer(md)]
         assert md.count("<!-- digest: ") == len(digest.BLOCK.findall(md)), f"{name}: a digest block the script skips"
-        assert digest.render(md) == md, f"{name}: run python experiments/digest.py"
+        assert digest.render(md) == md, f"{name}: run python -m experiments.digest"
     assert sorted(found) == sorted(digest.TABLES)  # every table stands once, and every block has one
     with pytest.raises(SystemExit, match="unknown digest table 'nope'"):
         digest.render("<!-- digest: nope -->\n<!-- end digest -->")

@@ -491,7 +491,7 @@ def test_6_an_hf_export_given_as_a_run_says_how_to_bring_it_back(tmp_path):
                                            "script with --out_dir 'data/my data'"),
     ("experiments/pilots.py", ["--only", "plain,nope"], "unknown pilot(s) nope; --only takes names among plain,"),
     ("experiments/pilots.py", ["--stages", "5,3"], "need increasing --stages >= 1 and --jobs >= 1 (got --stages 5,3"),
-    ("experiments/digest.py", ["--chek"], "unrecognized arguments: --chek (python experiments/digest.py --help"),
+    ("experiments/digest.py", ["--chek"], "unrecognized arguments: --chek (python -m experiments.digest --help"),
     ("bench.py", ["--out", "results/bench"], "--out results/bench is a folder; give the table's file name"),
     ("bench.py", ["--out", "results/bench/.nanomeap-lock"], "are nanoMEAP's own"),
 ])

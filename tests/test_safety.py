@@ -15,13 +15,13 @@ import torch
 
 import atomic_files
 import checkpoint
-from helpers import ROOT, TINY, checksums, run_inprocess, run_script
+from helpers import ROOT, TINY, as_command, checksums, run_inprocess, run_script
 
 
 def start(*args):
     """`python args` from the repository root, running in the background."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, *as_command(args[0]), *args[1:]], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 

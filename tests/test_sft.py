@@ -193,7 +193,7 @@ def test_compare_sft_tiny_writes_a_table_and_a_plot_then_reuses_the_runs(tmp_pat
     p = run_script("experiments/compare_sft.py", "--preset", "tiny", "--out", str(out), timeout=600)
     assert "pre-training the NTP base" in p.stdout and "[4/4]" in p.stdout
     md = (out / "results.md").read_text()
-    assert md.startswith("`python experiments/compare_sft.py --preset tiny") and "| NTP-SFT |" in md
+    assert md.startswith("`python -m experiments.compare_sft --preset tiny") and "| NTP-SFT |" in md
     assert "Minus NTP-SFT, paired by seed" in md and "MEAP-SFT, concat (paper)" in md
     assert (out / "results.png").stat().st_size > 10_000
     for run in ("ntp_s1", "concat_s2"):

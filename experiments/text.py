@@ -21,6 +21,7 @@ grid.json alone. Checkpoints are not committed.
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -35,7 +36,8 @@ import torch  # noqa: E402
 from runtime import die  # noqa: E402
 from experiments import probes  # noqa: E402
 from experiments.probes import SEED, SPAN, gaps_of  # noqa: E402
-from experiments.common import (apply_set, claim_out, evals_of, grid_runs, header, interrupted, load_runs, mean_sd,  # noqa: E402
+from experiments.common import (apply_set, claim_out, diff_cell, evals_of, grid_runs, header, interrupted,  # noqa: E402
+                                load_runs, mean_cell, mean_sd, paired_ci, verdict,
                                 parse_list, prepare_command, read_json, record_runs, report_or_die, run_name, save_png,
                                 seeds_of, summary, train, within, write_json, write_text, VERDICTS)
 from experiments.compare import MEAP_DEFAULTS  # noqa: E402
@@ -95,7 +97,8 @@ def beyond(model, tok, hay, T, examples, device):
     16), longer than any span copied in training; and the passkey grid in the trained block
     (passkey_lengths) and in a block twice as long (2T - 8 tokens, the needle up to 2T from the question)."""
     spans = {str(k): {kind: probes.copying(model, hay, k, [16], kind, examples, SEED, device)[16]
-                      for kind in ("random", "text")} for k in LONG_SPANS if probes.LEAD + 2 * k + 16 <= T}
+                      for kind in ("random", "text")}
+             for k in LONG_SPANS if probes.LEAD + 2 * k + 16 <= T and len(probes.text_vocab(hay)) >= k}  # (fit, drawable)
     grid = probes.passkey(model, tok, hay, probes.passkey_lengths(tok, T), [0.0, 0.5, 1.0], examples, SEED, device)
     grid.update(probes.passkey(stretched(model, 2 * T), tok, hay, [2 * T - 8], [0.0, 0.5, 1.0], examples, SEED, device))
     return {"spans": spans, "passkey": [{"depth": d, "length": L, "acc": a} for (d, L), a in sorted(grid.items())]}
@@ -252,6 +255,120 @@ def columns(results):
     return [c for c in COLUMNS if all(c[0] in run for run in add_shortest_gap(results).values())]
 
 
+# -----------------------------------------------------------------------------
+# the long grid (issue 32): MEAP - NTP at every stage, the delay, and the probes beyond training
+
+# (key, title, format): per stage, the 2nd copy at gap 16 (text and random spans), the longer spans,
+# and the passkey in the trained block and in one twice as long
+STAGE_COLUMNS = [
+    ("text16", "text span, gap 16", "{:.3f}"), ("random16", "random span, gap 16", "{:.3f}"),
+    ("text32", "text span of 32", "{:.3f}"), ("text48", "text span of 48", "{:.3f}"),
+    ("random32", "random span of 32", "{:.3f}"), ("random48", "random span of 48", "{:.3f}"),
+    ("passkey", "passkey, trained block", "{:.3f}"), ("passkey2x", "passkey, twice the block", "{:.3f}"),
+]
+# copying levels for the delay (the first step at which an arm reaches them); chosen before the long
+# grid ran, from the 6.1M-token grid, where NTP reached both on every seed by step 4,000
+DELAY_LEVELS = (("text16", 0.7), ("random16", 0.1))
+
+
+def stage_metrics(run, T):
+    """[(step, {key of STAGE_COLUMNS: value})] of a run of the long grid, one per stage."""
+    out = []
+    for (S, curve), (_, more) in zip(run["curve"], run["beyond"]):
+        pk = more["passkey"]
+        m = {f"{kind}16": curve[kind]["16"]["acc_second"] for kind in ("text", "random")}
+        m.update({f"{kind}{k}": more["spans"][k][kind]["acc_second"] for k in more["spans"] for kind in ("text", "random")})
+        m["passkey"] = float(np.mean([p["acc"] for p in pk if p["length"] <= T]))
+        m["passkey2x"] = float(np.mean([p["acc"] for p in pk if p["length"] > T]))
+        out.append((S, m))
+    return out
+
+
+def first_step(stages, values, level):
+    """The step at which values (one per stage) first reach level, linear between the two stages
+    around it (the first stage itself if it is reached there); NaN if never."""
+    for k, (S, v) in enumerate(zip(stages, values)):
+        if v >= level:
+            if k == 0:
+                return float(S)
+            S0, v0 = stages[k - 1], values[k - 1]
+            return S0 + (level - v0) / (v - v0) * (S - S0)
+    return float("nan")
+
+
+def ratio_cell(a, b):
+    """a / b paired by position, as the geometric mean of the ratios with its 95% paired-t interval
+    (on the log scale), and its verdict for steps (a ratio above 1: a takes longer, a loss)."""
+    d, h = paired_ci(np.log(a), np.log(b))
+    if math.isnan(h):
+        return "n/a" if math.isnan(d) else f"{math.exp(d):.2f} (one seed, no interval)"
+    return f"{math.exp(d):.2f} [{math.exp(d - h):.2f}, {math.exp(d + h):.2f}] {verdict(d, h, 'lower')}"
+
+
+def long_grid(results, ratios, seeds, T, tokens_per_step):
+    """Markdown: each arm by stage (mean ± sd), MEAP - NTP by stage (paired by seed, with verdicts),
+    and the delay: the step at which each arm first reaches each DELAY_LEVELS level, MEAP / NTP."""
+    per = {key: dict(stage_metrics(run, T)) for key, run in results.items()}
+    stages = sorted(next(iter(per.values())))
+    cols = [c for c in STAGE_COLUMNS if c[0] in per[next(iter(per))][stages[0]]]  # the spans that fit the block
+    titles = [c[1] for c in cols]
+    spans = [c[0][4:] for c in cols if c[0].startswith("text") and c[0] != "text16"]
+    lines = [f"\nBy stage ({tokens_per_step:,} tokens a step), mean ± sd over seeds: the 2nd copy of a {SPAN}-token "
+             f"span at gap 16, of longer spans than the training text ever copies ({', '.join(spans) or 'none fit'} "
+             "tokens, at gap 16), and the passkey in the trained block and in one twice as long (RoPE extended; "
+             "probes.passkey).\n", header("mask_ratio", ["step", "tokens"] + titles)]
+    for r in ratios:
+        for S in stages:
+            cells = [mean_cell([per[(r, s)][S][key] for s in seeds_of(results, r, seeds)], fmt)
+                     for key, _, fmt in cols]
+            lines.append(f"| {r:.2f} | {S} | {S * tokens_per_step / 1e6:.1f}M | " + " | ".join(cells) + " |\n")
+    for r in ratios[1:]:
+        both = [s for s in seeds_of(results, r, seeds) if (ratios[0], s) in results]
+        lines += [f"\nMEAP {r:.2f} - NTP by stage, paired by seed ({len(both)} seeds): mean [95% paired-t interval] "
+                  f"and its verdict{VERDICTS}.\n", header("step", ["tokens"] + titles)]
+        for S in stages:
+            cells = [diff_cell([per[(r, s)][S][key] for s in both], [per[(ratios[0], s)][S][key] for s in both], fmt,
+                               "higher") for key, _, fmt in cols]
+            lines.append(f"| {S} | {S * tokens_per_step / 1e6:.1f}M | " + " | ".join(cells) + " |\n")
+        lines += [f"\nThe delay: the step at which each arm first reaches a copying level (linear between the "
+                  f"stages around it), per seed, and MEAP {r:.2f} / NTP as a geometric mean with its 95% paired-t "
+                  "interval (a ratio above 1: MEAP later, a loss).\n",
+                  header("level", [f"NTP, seed {s}" for s in both] + [f"MEAP, seed {s}" for s in both]
+                         + ["MEAP / NTP"])]
+        for key, level in DELAY_LEVELS:
+            steps = {arm: [first_step(stages, [per[(arm, s)][S][key] for S in stages], level) for s in both]
+                     for arm in (ratios[0], r)}
+            cells = [f"{v:,.0f}" if not math.isnan(v) else "never" for arm in (ratios[0], r) for v in steps[arm]]
+            title = dict((c[0], c[1]) for c in STAGE_COLUMNS)[key]
+            lines.append(f"| {title} >= {level} | " + " | ".join(cells) + f" | {ratio_cell(steps[r], steps[ratios[0]])} |\n")
+    return "".join(lines).replace("nan", "n/a")
+
+
+def difference_figure(results, ratios, seeds, T, tokens_per_step):
+    """MEAP - NTP over training tokens, mean over seeds with its 95% paired-t interval, for the 2nd
+    copy at gap 16 (text and random spans), the longest span and the passkey."""
+    from matplotlib.figure import Figure
+
+    per = {key: dict(stage_metrics(run, T)) for key, run in results.items()}
+    stages = sorted(next(iter(per.values())))
+    longer = [int(k[4:]) for k in per[next(iter(per))][stages[0]] if k.startswith("text") and k != "text16"]
+    keys = ["text16", "random16"] + [f"text{max(longer)}"] * bool(longer) + ["passkey"]
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for r in ratios[1:]:
+        both = [s for s in seeds_of(results, r, seeds) if (ratios[0], s) in results]
+        for key in keys:
+            d, h = zip(*[paired_ci([per[(r, s)][S][key] for s in both], [per[(ratios[0], s)][S][key] for s in both])
+                         for S in stages])
+            ax.errorbar([S * tokens_per_step / 1e6 for S in stages], d, yerr=h, marker="o", capsize=3,
+                        label=f"{dict((c[0], c[1]) for c in STAGE_COLUMNS)[key]} (MEAP {r:.2f})")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(xscale="log", xlabel="training tokens (millions)", ylabel="MEAP - NTP (95% paired-t interval)",
+           title="MEAP - NTP over training, on text")
+    ax.legend(fontsize=7)
+    return fig
+
+
 def report(out):
     """Write out/results.md and out/results.png from out/grid.json and out/runs.json alone."""
     grid = read_json(os.path.join(out, "grid.json"))
@@ -276,6 +393,11 @@ def report(out):
                 cell = [f"{mean_sd([run['curve'][k][1][kind][g]['acc_second'] for run in runs])[0]:.3f} "
                         f"({mean_sd([run['curve'][k][1][kind][g]['acc_first'] for run in runs])[0]:.3f})" for g in gaps]
                 lines.append(f"| {r:.2f} | {S} | " + " | ".join(cell) + " |\n")
+    if "beyond" in some:  # the long grid
+        T = int(grid["settings"]["block_size"])
+        tokens = T * int(grid["settings"]["batch_size"])
+        lines.append(long_grid(results, ratios, seeds, T, tokens))
+        save_png(difference_figure(results, ratios, seeds, T, tokens), os.path.join(out, "over_training.png"))
     commands = "\n".join(f"`{c}`" for c in data["commands"])
     settings = ", ".join(f"{k}={v}" for k, v in grid["settings"].items() if k in (
         "dataset", "n_layer", "n_embd", "block_size", "batch_size", "learning_rate"))

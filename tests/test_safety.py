@@ -185,3 +185,33 @@ def test_ctrl_c_stops_a_grid_at_once_and_the_rerun_gives_the_uninterrupted_resul
     run_script(*args, "--out", str(tmp_path / "whole"), timeout=300)
     runs = [json.loads((g / "runs.json").read_text())["runs"] for g in (grid, tmp_path / "whole")]
     assert runs[0] == runs[1]
+
+
+# --- text.py's long grid (issue 32) ---
+
+@pytest.mark.slow
+def test_an_interrupted_text_grid_continues_without_retraining_its_finished_stages(tmp_path):
+    """Ctrl-C after the first stage of the first run; the same command continues: that stage's probes
+    are not redone, training resumes from its checkpoint, and the grid ends as an uninterrupted one."""
+    from helpers import tiny_text_run
+    varied = "".join(chr(33 + (7 * i + i // 90) % 90) for i in range(40_000))  # 90 distinct bytes: spans of 32
+    data = tiny_text_run(tmp_path, varied, 96, 2).parent / "data"
+    args = ["experiments/text.py", "--preset", "tiny-long", "--ratios", "0,0.15", "--seeds", "1",
+            "--set", f"dataset={data}"]
+    grid, first = tmp_path / "grid", tmp_path / "grid" / "runs" / "r0.00_s1"
+    p = start(*args, "--out", str(grid))
+    wait_for(first / "beyond_3.json", p)  # stage 1 of 2 trained and probed
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert not (grid / "runs.json").exists() and not (first / "probes_6.json").exists()
+    kept = checksums(first / "probes_3.json", first / "beyond_3.json")
+    stamps = {f: os.stat(f).st_mtime_ns for f in kept}
+    run_script(*args, "--out", str(grid), timeout=300)
+    assert checksums(*stamps) == kept and {f: os.stat(f).st_mtime_ns for f in stamps} == stamps  # not redone
+    assert "resuming from" in (first / "train.log").read_text()  # the second stage went on from step 3
+    run_script(*args, "--out", str(tmp_path / "whole"), timeout=300)
+    runs = [json.loads((g / "runs.json").read_text())["runs"] for g in (grid, tmp_path / "whole")]
+    assert runs[0] == runs[1] and all(len(r["beyond"]) == 2 for r in runs[0])
+    md = (grid / "results.md").read_text()
+    assert "MEAP 0.15 - NTP by stage" in md and "The delay" in md and (grid / "over_training.png").exists()

@@ -163,8 +163,13 @@ class SFTBatches:
         self.accumulation, self.rank, self.world_size = accumulation, rank, world_size
         self.examples = qa_examples(stream(seed, SFT_SET), n_examples, qa_tokens - 1, n_docs, answer_len)
         self.per_step = batch_size if layout == "ntp" else batch_size // 2  # examples per micro-step
-        self.row_len = 2 * qa_tokens - 1 if layout == "concat" else qa_tokens - 1
+        self.row_len = self.row_length(layout, qa_tokens)
         self.row_tokens = self.row_len / 2 if layout == "concat" else self.row_len
+
+    @staticmethod
+    def row_length(layout, qa_tokens):
+        """The longest row of a layout: an example is qa_tokens - 1 inputs; concat holds two copies."""
+        return 2 * qa_tokens - 1 if layout == "concat" else qa_tokens - 1
 
     @functools.lru_cache(maxsize=2)
     def epoch_order(self, epoch):

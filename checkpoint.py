@@ -227,17 +227,18 @@ def start_from(init_from, out_dir):
     return ckpt, path
 
 
-def settings_from(ckpt, path, resume, overrides):
+def settings_from(ckpt, path, resume, overrides, keys):
     """The train.py settings a run takes from the checkpoint it starts from. Resuming takes all of
     them (a flag given now, in overrides, wins, except against the model's shape); fine-tuning takes
     the data and the model (and a flag that disagrees is refused). A setting the checkpoint predates
-    had its default when it was trained. ValueError (one line) naming the fix."""
+    had its default when it was trained; one it holds that train.py no longer has (not in keys) is
+    left out. ValueError (one line) naming the fix."""
     try:
         saved = settings(ckpt)  # each of its type; defaults for those it predates
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     if resume:
-        taken = [k for k in saved if k not in overrides and k not in ("init_from", "out_dir", "overwrite")]
+        taken = [k for k in keys if k not in overrides and k not in ("init_from", "out_dir", "overwrite")]
         whose, hint = "the checkpoint's", "drop the flag to resume, or use a new --out_dir"
     else:
         taken = ["dataset", *MODEL]

@@ -215,7 +215,7 @@ def export(src, dst):
         checkpoint.check_whole(ckpt, src)  # every weight its model_args name, finite; meta; [MASK] inside
     except ValueError as e:
         die(e)
-    cfg = GPTConfig(**ckpt["model_args"])
+    cfg = checkpoint.model_config(ckpt)  # (the real vocabulary, for a checkpoint that saved it padded too)
     mask_id, meta = ckpt["mask_token_id"], ckpt["meta"]
     extra = {"config": ckpt["config"], "meta": meta_to_json(meta), "iter_num": ckpt.get("iter_num", 0),
              # so that the import can tell an edited config.json or tokenizer:

@@ -111,10 +111,11 @@ except configurator.ConfigError as e:
 
 # -----------------------------------------------------------------------------
 # the checkpoint this run starts from: resumed (all its settings) or fine-tuned (its data and model)
+resume = init_from == "resume"
 try:
     ckpt, start_path = checkpoint.start_from(init_from, out_dir)
     if ckpt is not None:
-        globals().update(checkpoint.settings_from(ckpt, start_path, init_from == "resume", overrides))
+        globals().update(checkpoint.settings_from(ckpt, start_path, resume, overrides, config_keys))
 except ValueError as e:
     die(e)
 n_kv_head = n_kv_head or n_head  # resolved here, so that the checkpoint's settings name the count
@@ -124,19 +125,20 @@ ckpt_path, metrics_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir
 
 # -----------------------------------------------------------------------------
 # every check, before anything is read or written: a mistake is one line naming the fix
-world_size = int(os.environ.get("WORLD_SIZE", 1))  # processes (torchrun sets it)
+ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
+world_size = int(os.environ["WORLD_SIZE"]) if ddp else 1  # processes
 try:
     if finetune and init_from == "scratch":
         raise ValueError("--sft fine-tunes a trained model: give its checkpoint, --init_from out-base (or ckpt.pt)")
+    configurator.check_ranges(config)  # sizes >= 1, rates and betas in range
     if gradient_accumulation_steps % world_size:
         raise ValueError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be a multiple of the "
                          f"number of processes ({world_size})")
-    configurator.check_ranges(config)  # sizes >= 1, rates and betas in range
     precision = runtime.precision(device, dtype)  # the device, dtype, autocast and loss scaler
-    model_config = GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head,
-                             n_embd=n_embd, vocab_size=64, init=init, emb_common=emb_common)  # the shape
+    shape = GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd,
+                      vocab_size=64, init=init, emb_common=emb_common)  # the model's shape, checked
     # a floor on the memory, before the data are read (64: the least vocabulary): 10**10 tokens fail here
-    runtime.check_memory(num_params_of(model_config), batch_size * block_size, 64, precision.device)
+    runtime.check_memory(num_params_of(shape), batch_size * block_size, 64, precision.device)
     if finetune:
         batches.check_sft(config)  # first: fine-tuning needs a synthetic checkpoint, whatever data/ holds
     else:
@@ -146,8 +148,8 @@ try:
     if ckpt is not None:  # the ids must mean what they meant when the checkpoint was trained
         checkpoint.check_tokenizer(ckpt, start_path, tokenizer_id, "the synthetic tasks have" if dataset ==
                                    "synthetic" else f"{os.path.join('data', dataset)} now has")
-    model_config = dataclasses.replace(model_config, vocab_size=mask_token_id + 1)  # [MASK] is the last id
-    row_len = 2 * qa_tokens - 1 if sft == "concat" else qa_tokens - 1 if finetune else block_size
+    model_config = dataclasses.replace(shape, vocab_size=mask_token_id + 1)  # [MASK] is the last id
+    row_len = batches.SFTBatches.row_length(sft, qa_tokens) if finetune else block_size  # the longest row
     runtime.check_memory(num_params_of(model_config), batch_size * row_len, model_config.padded_vocab_size,
                          precision.device)
 except ValueError as e:  # (ConfigError is one)
@@ -157,28 +159,26 @@ except ValueError as e:  # (ConfigError is one)
 # devices and processes
 device, device_type, dtype, ctx, scaler = (precision.device, precision.device_type, precision.dtype,
                                            precision.autocast, precision.scaler)
-ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
+rank = 0  # this process among the world_size
 if ddp:
     dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    ddp_rank = dist.get_rank()
+    rank = dist.get_rank()
     if device_type == "cuda":
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
         torch.cuda.set_device(device)
-    gradient_accumulation_steps //= world_size
-else:
-    ddp_rank = 0
-master = ddp_rank == 0  # the process that evaluates, logs and saves
+    gradient_accumulation_steps //= world_size  # per process
+master = rank == 0  # the process that evaluates, logs and saves
 
 # -----------------------------------------------------------------------------
 # data. Every batch is a pure function of (seed, rank, iteration, micro-step) (batches.py): a
 # resumed run sees exactly the data, and the masks, of the uninterrupted one, and NTP and MEAP runs
 # of a seed see the same data.
-data = batches.Batches(dataset, block_size, batch_size, seed, task, n_pairs, n_needles, mqar_offset, mask_mode,
-                       ddp_rank, world_size)
 if finetune:  # a fixed set of QA examples; MEAP-SFT duplicates each and masks the answer in the copy
     sft_data = batches.SFTBatches(sft, seed, sft_examples, qa_tokens, n_docs, answer_len, mask_ratio, mask_token_id,
-                                  sft_min_answer, sft_static, batch_size, gradient_accumulation_steps, ddp_rank,
-                                  world_size)
+                                  sft_min_answer, sft_static, batch_size, gradient_accumulation_steps, rank, world_size)
+else:
+    data = batches.Batches(dataset, block_size, batch_size, seed, task, n_pairs, n_needles, mqar_offset, mask_mode,
+                           rank, world_size)
 row_tokens = sft_data.row_tokens if finetune else block_size  # tokens of one example per row, for tok/s
 tokens_per_iter = int(gradient_accumulation_steps * world_size * batch_size * row_tokens)
 
@@ -191,8 +191,7 @@ optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, 
 iter_num = 0
 if ckpt is not None:  # resume: weights, optimizer, loss scaler, random state; fine-tune: the weights
     try:
-        iter_num = checkpoint.restore(ckpt, start_path, raw_model, *((optimizer, scaler) if init_from == "resume"
-                                                                    else ()))
+        iter_num = checkpoint.restore(ckpt, start_path, raw_model, *((optimizer, scaler) if resume else ()))
     except ValueError as e:
         die(e)
 saved_iter = iter_num  # the step of the last checkpoint in out_dir (0: none yet)
@@ -291,7 +290,7 @@ def describe_run():
 if master:  # one run per out_dir: locked, and a finished run never replaced unasked (checkpoint.open_run)
     runtime.exit_on_ctrl_c("nothing was trained")  # from here, by unwinding: the lock is released
     try:
-        for note in checkpoint.open_run(out_dir, init_from == "resume", overwrite, iter_num):
+        for note in checkpoint.open_run(out_dir, resume, overwrite, iter_num):
             print(note)
     except (ValueError, OSError) as e:
         die(e)

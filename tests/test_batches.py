@@ -166,11 +166,13 @@ def test_ranks_and_steps_see_different_data():
 SFT = dict(n_docs=2, answer_len=20, qa_tokens=72, sft_examples=12, sft_min_answer=1, batch_size=4, block_size=160)
 
 
-def sft_batches(layout, ratio=0.1, **kw):
-    """train.py's fine-tuning batches for these settings, as train.py builds them."""
-    c = dict(DEFAULTS, **SFT, sft=layout, mask_ratio=ratio, **kw)
+def sft_batches(layout, ratio=0.1, rank=0, world_size=1, **kw):
+    """train.py's fine-tuning batches for these settings, as train.py builds them (gradient_accumulation_steps:
+    for all processes together, as the flag; each process takes its share)."""
+    c = dict(DEFAULTS, **{**SFT, **kw}, sft=layout, mask_ratio=ratio)
     return SFTBatches(layout, c["seed"], c["sft_examples"], c["qa_tokens"], c["n_docs"], c["answer_len"], ratio, MASK,
-                      c["sft_min_answer"], c["sft_static"], c["batch_size"], c["gradient_accumulation_steps"])
+                      c["sft_min_answer"], c["sft_static"], c["batch_size"], c["gradient_accumulation_steps"] // world_size,
+                      rank, world_size)
 
 
 def test_meap_sft_takes_half_the_examples_per_step_with_floor_m_r_masks():
@@ -220,6 +222,17 @@ def test_every_example_once_per_epoch(layout):
         seen = [i for it in range(epoch * steps, (epoch + 1) * steps) for i in b.indices(it)]
         assert sorted(seen) == list(range(SFT["sft_examples"]))
     assert b.indices(0) != b.indices(steps)  # a fresh order every epoch
+
+
+def test_under_ddp_every_example_once_per_epoch_across_processes_and_micro_steps():
+    """2 processes with 2 micro-steps each (--gradient_accumulation_steps 4): one step takes 4 x 2
+    examples, each process its own, and an epoch of 16 visits every example once."""
+    b = {rank: sft_batches("concat", rank=rank, world_size=2, gradient_accumulation_steps=4, sft_examples=16)
+         for rank in (0, 1)}
+    for epoch in range(2):
+        seen = [i for it in (2 * epoch, 2 * epoch + 1) for rank in (0, 1) for micro in (0, 1)
+                for i in b[rank].indices(it, micro)]
+        assert sorted(seen) == list(range(16))
 
 
 # --- train.py on these batches ---------------------------------------------------------------------

@@ -260,6 +260,24 @@ def attention_table():
     return "".join(lines)
 
 
+def delay():
+    """MEAP 0.15 / NTP, the steps each takes to reach a level, paired by seed: the synthetic grids'
+    steps to 90% retrieval beside the long text grid's copying levels (text.DELAY_LEVELS)."""
+    rows = []
+    for label, folder in (("synthetic tasks: retrieval accuracy 0.9", "cpu"), ("the same over 2,000 steps", "cpu-2000-steps")):
+        runs, seeds = load(folder), paired(folder, 0.15)
+        rows.append((label, folder, len(seeds), text.ratio_cell([runs[(0.15, s)]["steps_to_90"] for s in seeds],
+                                                                [runs[(0.0, s)]["steps_to_90"] for s in seeds])))
+    folder = "text-stdlib-long"
+    runs, seeds = load(folder), paired(folder, 0.15)
+    T = int(common.read_json_or_die(os.path.join(RESULTS, folder, "grid.json"))["settings"]["block_size"])
+    titles = {c[0]: c[1] for c in text.STAGE_COLUMNS}
+    for (key, level), steps in zip(text.DELAY_LEVELS, text.delay_steps(runs, 0.15, 0.0, seeds, T)):
+        rows.append((f"text: {titles[key]}, 2nd copy {level}", folder, len(seeds), text.ratio_cell(steps[0.15], steps[0.0])))
+    return common.header("level reached", ["grid", "seeds", "MEAP 0.15 / NTP, steps (geometric mean [95% interval])"]) + \
+        "".join(f"| {label} | [`{folder}`](results/{folder}/results.md) | {n} | {cell} |\n" for label, folder, n, cell in rows)
+
+
 def table_of(name):
     """The markdown table lines of a committed file under results/ (e.g. bench.py's --out)."""
     try:
@@ -341,6 +359,7 @@ TABLES = {
         "previous_token"))),
     "readme-cpu": lambda: compact("cpu", columns(compare.COLUMNS, (
         "needle", "mqar_2x", "kv", "filler_excess", "val_loss", "steps_to_90"))),
+    "delay": delay,
     "readme-text-stdlib": lambda: compact("text-stdlib", columns(text.COLUMNS, (
         "val_loss", "copy_random_16", "copy_text_gain", "passkey"))),
 }

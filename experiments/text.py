@@ -296,6 +296,15 @@ def first_step(stages, values, level):
     return float("nan")
 
 
+def delay_steps(results, ratio, base, seeds, T):
+    """For each DELAY_LEVELS level, {arm: [the step it first reaches the level, per seed]} for the
+    arms ratio and base (NTP) of a long grid's results."""
+    per = {(r, s): dict(stage_metrics(results[(r, s)], T)) for r in (ratio, base) for s in seeds}
+    stages = sorted(per[(base, seeds[0])])
+    return [{arm: [first_step(stages, [per[(arm, s)][S][key] for S in stages], level) for s in seeds]
+             for arm in (base, ratio)} for key, level in DELAY_LEVELS]
+
+
 def ratio_cell(a, b):
     """a / b paired by position, as the geometric mean of the ratios with its 95% paired-t interval
     (on the log scale), and its verdict for steps (a ratio above 1: a takes longer, a loss)."""
@@ -335,9 +344,7 @@ def long_grid(results, ratios, seeds, T, tokens_per_step):
                   "interval (a ratio above 1: MEAP later, a loss).\n",
                   header("level", [f"NTP, seed {s}" for s in both] + [f"MEAP, seed {s}" for s in both]
                          + ["MEAP / NTP"])]
-        for key, level in DELAY_LEVELS:
-            steps = {arm: [first_step(stages, [per[(arm, s)][S][key] for S in stages], level) for s in both]
-                     for arm in (ratios[0], r)}
+        for (key, level), steps in zip(DELAY_LEVELS, delay_steps(results, r, ratios[0], both, T)):
             cells = [f"{v:,.0f}" if not math.isnan(v) else "never" for arm in (ratios[0], r) for v in steps[arm]]
             title = dict((c[0], c[1]) for c in STAGE_COLUMNS)[key]
             lines.append(f"| {title} >= {level} | " + " | ".join(cells) + f" | {ratio_cell(steps[r], steps[ratios[0]])} |\n")

@@ -15,7 +15,10 @@ are up to date.
 import argparse
 import functools
 import os
+import sys
 import re
+if not __package__:  # run as a file: the imports below need the repository root, which -m puts on the path
+    raise SystemExit(f"error: run it from the repository root as a module: python -m experiments.digest {' '.join(sys.argv[1:])}".rstrip())
 import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
     runtime.exit_on_ctrl_c("nothing was written", at_once=True)

@@ -26,6 +26,8 @@ import os
 import sys
 import time
 
+if not __package__:  # run as a file: the imports below need the repository root, which -m puts on the path
+    raise SystemExit(f"error: run it from the repository root as a module: python -m experiments.text {' '.join(sys.argv[1:])}".rstrip())
 import runtime  # noqa: E402  (before torch: Ctrl-C while the libraries load is one line too)
 if __name__ == "__main__":
     runtime.exit_on_ctrl_c("nothing was written", at_once=True)

@@ -61,3 +61,12 @@ def test_no_data_prepare_script_imports_the_model_or_the_checkpoints():
 
 def test_sample_py_does_not_import_the_batch_builder():
     assert "batches" not in imported(os.path.join(ROOT, "sample.py"))
+
+
+def test_an_experiment_run_as_a_file_says_how_to_run_it():
+    """`python experiments/NAME.py` (nanoGPT's habit) gets one line with the module command, not a traceback."""
+    for name in ("compare", "text", "digest"):
+        p = subprocess.run([sys.executable, f"experiments/{name}.py", "--help"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == 1 and p.stdout == ""
+        assert p.stderr == f"error: run it from the repository root as a module: python -m experiments.{name} --help\n"

@@ -362,7 +362,6 @@ TABLES = {
         "previous_token"))),
     "readme-cpu": lambda: compact("cpu", columns(compare.COLUMNS, (
         "needle", "mqar_2x", "kv", "filler_excess", "val_loss", "steps_to_90"))),
-    "delay": delay,
     "readme-text-stdlib": lambda: compact("text-stdlib", columns(text.COLUMNS, (
         "val_loss", "copy_random_16", "copy_text_gain", "passkey"))),
 }

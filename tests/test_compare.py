@@ -106,7 +106,7 @@ def test_against_pairs_two_grids_and_copies_identical_ntp_runs(tmp_path):
     assert "copied 1 NTP run(s)" in p.stdout and "[1/1] mask_ratio 0.15" in p.stdout
     md = open(os.path.join(b, "results.md")).read()
     assert "This grid minus [`a`](../a/results.md) (settings that differ here: mask_queries=false)" in md
-    assert "| 0.00 (1 seeds) | 0.000 (one seed, no interval) |" in md  # the copied NTP run against itself
+    assert "| 0.00 (1 seeds) | +0.000 (one seed, no interval) |" in md  # the copied NTP run against itself
     assert json.load(open(os.path.join(b, "runs.json")))["against"] == "../a"
     run_script("experiments/compare.py", "--preset", "tiny", "--out", a, "--seeds", "2", "--ratios", "0.15")
     md = open(os.path.join(a, "results.md")).read()

@@ -95,7 +95,7 @@ def test_prepare_errors_are_one_line(tmp_path):
         p = run_script("data/shakespeare_byte/prepare.py", "--out_dir", str(tmp_path / "o"), *args, check=False)
         lines = p.stderr.strip().splitlines()
         assert p.returncode != 0 and len(lines) == 1 and lines[0].startswith(f"error: {msg}"), p.stderr
-    with pytest.raises(SystemExit, match="cannot download .* pass --input PATH"):
+    with pytest.raises(ValueError, match="cannot download .* pass --input PATH"):  # (the script says it in one line)
         tokenizer.read_text(None, "http://127.0.0.1:9/no-such-file.txt")
 
 

@@ -354,27 +354,37 @@ def long_grid(results, ratios, seeds, T, tokens_per_step):
 
 
 def difference_figure(results, ratios, seeds, T, tokens_per_step):
-    """MEAP - NTP over training tokens, mean over seeds with its 95% paired-t interval, for the 2nd
-    copy at gap 16 (text and random spans), the longest span and the passkey."""
+    """Left: each arm's mean over seeds by training tokens (NTP solid, MEAP dashed) for the 2nd copy at
+    gap 16 (text and random spans), the longest span and the passkey; right: MEAP - NTP with its 95%
+    paired-t interval (the points of a stage dodged apart)."""
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     per = {key: dict(stage_metrics(run, T)) for key, run in results.items()}
     stages = sorted(next(iter(per.values())))
     longer = [int(k[4:]) for k in per[next(iter(per))][stages[0]] if k.startswith("text") and k != "text16"]
     keys = ["text16", "random16"] + [f"text{max(longer)}"] * bool(longer) + ["passkey"]
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
-    ax = fig.subplots()
+    titles, colors = dict((c[0], c[1]) for c in STAGE_COLUMNS), colormaps["tab10"].colors
+    tokens = np.array([S * tokens_per_step / 1e6 for S in stages])
+    fig = Figure(figsize=(13, 4.4), layout="constrained")
+    level, diff = fig.subplots(1, 2)
     for r in ratios[1:]:
         both = [s for s in seeds_of(results, r, seeds) if (ratios[0], s) in results]
-        for key in keys:
+        for i, key in enumerate(keys):
+            for arm, ls in ((ratios[0], "-"), (r, "--")):
+                level.plot(tokens, [np.mean([per[(arm, s)][S][key] for s in both]) for S in stages], ls, marker="o",
+                           color=colors[i], label=f"{titles[key]}, {'NTP' if arm == 0 else f'MEAP {arm:.2f}'}")
             d, h = zip(*[paired_ci([per[(r, s)][S][key] for s in both], [per[(ratios[0], s)][S][key] for s in both])
                          for S in stages])
-            ax.errorbar([S * tokens_per_step / 1e6 for S in stages], d, yerr=h, marker="o", capsize=3,
-                        label=f"{dict((c[0], c[1]) for c in STAGE_COLUMNS)[key]} (MEAP {r:.2f})")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set(xscale="log", xlabel="training tokens (millions)", ylabel="MEAP - NTP (95% paired-t interval)",
-           title="MEAP - NTP over training, on text")
-    ax.legend(fontsize=7)
+            diff.errorbar(tokens * (1 + 0.04 * (i - 1.5)), d, yerr=h, marker="o", capsize=3, color=colors[i],
+                          label=titles[key])
+    level.set(xscale="log", xlabel="training tokens (millions)", ylabel="accuracy (mean over seeds)",
+              title="NTP (solid) and MEAP (dashed) over training, on text", ylim=(-0.02, 1.3), yticks=np.linspace(0, 1, 6))
+    diff.axhline(0, color="grey", lw=0.8)
+    diff.set(xscale="log", xlabel="training tokens (millions)", ylabel="MEAP - NTP (95% paired-t interval)",
+             title=f"MEAP {ratios[-1]:.2f} - NTP, paired by seed")
+    level.legend(fontsize=7, ncol=2, loc="upper left")  # above the curves (ylim)
+    diff.legend(fontsize=7)
     return fig
 
 

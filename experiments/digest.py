@@ -142,6 +142,11 @@ def in_short():
             ("MEAP 0.10 - NTP", diff("text-stdlib", 0.10, "passkey")),
             ("val loss, MEAP 0.05 - NTP", diff("text-stdlib", 0.05, "val_loss")),
             ("0.10", diff("text-stdlib", 0.10, "val_loss")))),
+        ("Four times the tokens on text: a delay or a cost?", "`text-stdlib-long`", cell(
+            ("MEAP 0.15 - NTP at 24.6M tokens: random span, gap 16", diff("text-stdlib-long", 0.15, "copy_random_16")),
+            ("text span", diff("text-stdlib-long", 0.15, "copy_text")),
+            ("passkey", diff("text-stdlib-long", 0.15, "passkey")),
+            ("val loss", diff("text-stdlib-long", 0.15, "val_loss")))),
     ]
     return ("| question | grid | measured (MEAP - NTP or grid - grid: mean [95% paired-t interval] verdict; "
             "levels: mean ± sd) |\n|---|---|---|\n" + "".join(f"| {q} | {g} | {a} |\n" for q, g, a in rows))
@@ -362,8 +367,9 @@ TABLES = {
         "previous_token"))),
     "readme-cpu": lambda: compact("cpu", columns(compare.COLUMNS, (
         "needle", "mqar_2x", "kv", "filler_excess", "val_loss", "steps_to_90"))),
-    "readme-text-stdlib": lambda: compact("text-stdlib", columns(text.COLUMNS, (
-        "val_loss", "copy_random_16", "copy_text_gain", "passkey"))),
+    "delay": delay,
+    "text-stdlib-long": lambda: compact("text-stdlib-long", columns(text.COLUMNS, (
+        "val_loss", "copy_random_16", "copy_text", "copy_text_gain", "passkey", "previous_token"))),
 }
 FILES = ("README.md", os.path.join("results", "README.md"))  # where digest blocks may stand
 BLOCK = re.compile(r"(<!-- digest: ([a-z0-9-]+) -->\n)(.*?)(<!-- end digest -->)", re.S)

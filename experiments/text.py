@@ -6,6 +6,7 @@ retrieval task in the data), then probed zero-shot for the use of their context 
     python -m experiments.text --preset cpu               # the CPU grid (see PRESETS for its cost)
     python data/stdlib/prepare.py --repeat 1 --out_dir data/stdlib_dense
     python -m experiments.text --preset stdlib            # the CPU regime in which copying forms
+    python -m experiments.text --preset stdlib-long       # NTP vs MEAP 0.15 there, four times longer
     python -m experiments.text --preset gpu               # a larger model and more tokens, one GPU
     python -m experiments.text --report results/text-cpu  # rewrite the report from runs.json alone
 

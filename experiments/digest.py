@@ -144,7 +144,7 @@ def in_short():
             ("0.10", diff("text-stdlib", 0.10, "val_loss")))),
         ("Four times the tokens on text: a delay or a cost?", "`text-stdlib-long`", cell(
             ("MEAP 0.15 - NTP at 24.6M tokens: random span, gap 16", diff("text-stdlib-long", 0.15, "copy_random_16")),
-            ("text span", diff("text-stdlib-long", 0.15, "copy_text")),
+            ("text span, gap 64", diff("text-stdlib-long", 0.15, "copy_text")),
             ("passkey", diff("text-stdlib-long", 0.15, "passkey")),
             ("val loss", diff("text-stdlib-long", 0.15, "val_loss")))),
     ]

@@ -279,9 +279,8 @@ def delay():
     folder = "text-stdlib-long"
     runs, seeds = load(folder), paired(folder, 0.15)
     T = int(common.read_json_or_die(os.path.join(RESULTS, folder, "grid.json"))["settings"]["block_size"])
-    titles = {c[0]: c[1] for c in text.STAGE_COLUMNS}
     for (key, level), steps in zip(text.DELAY_LEVELS, text.delay_steps(runs, 0.15, 0.0, seeds, T)):
-        rows.append((f"text: {titles[key]}, 2nd copy {level}", folder, len(seeds), text.ratio_cell(steps[0.15], steps[0.0])))
+        rows.append((f"text: {text.STAGE_TITLES[key]}, 2nd copy {level}", folder, len(seeds), text.ratio_cell(steps[0.15], steps[0.0])))
     return common.header("level reached", ["grid", "seeds", "MEAP 0.15 / NTP, steps (geometric mean [95% interval])"]) + \
         "".join(f"| {label} | [`{folder}`](results/{folder}/results.md) | {n} | {cell} |\n" for label, folder, n, cell in rows)
 

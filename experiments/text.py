@@ -269,6 +269,7 @@ STAGE_COLUMNS = [
     ("random32", "random span of 32", "{:.3f}"), ("random48", "random span of 48", "{:.3f}"),
     ("passkey", "passkey, trained block", "{:.3f}"), ("passkey2x", "passkey, twice the block", "{:.3f}"),
 ]
+STAGE_TITLES = {key: title for key, title, _ in STAGE_COLUMNS}
 # copying levels for the delay (the first step at which an arm reaches them), fixed before the long grid
 # ran (issue 32's; in the 6.1M-token grid NTP's means were 0.77 and 0.077 at step 4,000, 0.81 and 0.099 at 6,000)
 DELAY_LEVELS = (("text16", 0.7), ("random16", 0.1))
@@ -349,8 +350,7 @@ def long_grid(results, ratios, seeds, T, tokens_per_step):
                          + ["MEAP / NTP"])]
         for (key, level), steps in zip(DELAY_LEVELS, delay_steps(results, r, ratios[0], both, T)):
             cells = [f"{v:,.0f}" if not math.isnan(v) else "never" for arm in (ratios[0], r) for v in steps[arm]]
-            title = dict((c[0], c[1]) for c in STAGE_COLUMNS)[key]
-            lines.append(f"| {title} >= {level} | " + " | ".join(cells) + f" | {ratio_cell(steps[r], steps[ratios[0]])} |\n")
+            lines.append(f"| {STAGE_TITLES[key]} >= {level} | " + " | ".join(cells) + f" | {ratio_cell(steps[r], steps[ratios[0]])} |\n")
     return "".join(lines).replace("nan", "n/a")
 
 
@@ -365,7 +365,7 @@ def difference_figure(results, ratios, seeds, T, tokens_per_step):
     stages = sorted(next(iter(per.values())))
     longer = [int(k[4:]) for k in per[next(iter(per))][stages[0]] if k.startswith("text") and k != "text16"]
     keys = ["text16", "random16"] + [f"text{max(longer)}"] * bool(longer) + ["passkey"]
-    titles, colors = dict((c[0], c[1]) for c in STAGE_COLUMNS), colormaps["tab10"].colors
+    titles, colors = STAGE_TITLES, colormaps["tab10"].colors
     tokens = np.array([S * tokens_per_step / 1e6 for S in stages])
     fig = Figure(figsize=(13, 4.4), layout="constrained")
     level, diff = fig.subplots(1, 2)
